@@ -1,0 +1,118 @@
+"""A frozen text-to-image diffusion teacher loaded with diffusers' ``from_pretrained``.
+
+The same code loads Stable Diffusion (a hub id such as ``stabilityai/stable-diffusion-2-1-base``
+or a local folder, latent space through its VAE) and pixel-space teachers such as the project's
+own (no VAE: renders are only resized). epsilon- and v-prediction U-Nets are both supported.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
+
+
+class TeacherNotFoundError(RuntimeError):
+    """The teacher named in the config is neither a loadable folder nor an available hub model."""
+
+
+@dataclass
+class TeacherSpec:
+    pretrained: str = "stabilityai/stable-diffusion-2-1-base"
+    guidance_scale: float = field(default=100.0, metadata={"range": (0.0, None)})
+    negative_prompt: str = ""
+    half_precision: bool = True  # fp16 weights for the frozen teacher on CUDA; always fp32 on the CPU
+
+
+class DiffusionTeacher(nn.Module):
+    """Frozen U-Net, text encoder and (for latent teachers) VAE, with the noise schedule they were trained on."""
+
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 scheduler: DDPMScheduler, vae: AutoencoderKL | None):
+        super().__init__()
+        self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.requires_grad_(False).eval()
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, spec: TeacherSpec, device: torch.device) -> "DiffusionTeacher":
+        name = spec.pretrained
+        transformers_logging.disable_progress_bar()
+        try:
+            components = DiffusionPipeline.load_config(name)
+            load = dict(pretrained_model_name_or_path=name)
+            teacher = cls(
+                unet=UNet2DConditionModel.from_pretrained(**load, subfolder="unet"),
+                text_encoder=CLIPTextModel.from_pretrained(**load, subfolder="text_encoder"),
+                tokenizer=CLIPTokenizer.from_pretrained(**load, subfolder="tokenizer"),
+                scheduler=DDPMScheduler.from_pretrained(**load, subfolder="scheduler"),
+                vae=AutoencoderKL.from_pretrained(**load, subfolder="vae") if components.get("vae", [None])[0] else None,
+            )
+        except OSError as error:
+            where = "the folder exists but is not a complete diffusers pipeline" if os.path.isdir(name) else (
+                "it is not a local folder, and as a Hugging Face hub id it is neither in the local cache nor reachable"
+            )
+            raise TeacherNotFoundError(
+                f"cannot load teacher {name!r}: {where} ({error}). Set teacher.pretrained to a local diffusers "
+                f"pipeline folder, or download the model first on a machine with network access "
+                f"(huggingface-cli download {name})."
+            ) from None
+        dtype = torch.float16 if spec.half_precision and device.type == "cuda" else torch.float32
+        return teacher.to(device=device, dtype=dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images the teacher was trained on, in pixels."""
+        sample_size = self.unet.config.sample_size
+        return sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae else sample_size
+
+    @torch.no_grad()
+    def embed_text(self, prompts: list[str]) -> torch.Tensor:
+        """prompts: n strings -> token embeddings [n, max_length, cross_attention_dim]."""
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        return self.text_encoder(tokens.input_ids.to(self.alphas_cumprod.device))[0]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [B, 3, H, W] in [0, 1] -> clean teacher-space samples x_0 [B, C, h, w] (differentiable)."""
+        images = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        images = (2.0 * images - 1.0).to(self.dtype)
+        if self.vae is None:
+            return images
+        return self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t: [B] integer timesteps -> (alpha_t, sigma_t), each [B, 1, 1, 1], of x_t = alpha_t x_0 + sigma_t eps."""
+        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """x_t: [B, C, h, w], t: [B], text_embeddings: [B, L, D] -> predicted noise [B, C, h, w] (float32)."""
+        output = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text_embeddings.to(self.dtype)).sample.float()
+        if self.scheduler.config.prediction_type == "epsilon":
+            return output
+        if self.scheduler.config.prediction_type == "v_prediction":
+            alpha, sigma = self.alpha_sigma(t)
+            return sigma * x_t.float() + alpha * output
+        raise ValueError(f"unsupported prediction type {self.scheduler.config.prediction_type!r}; use epsilon or v_prediction")
+
+    def predict_eps_cfg(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                        guidance_scale: float) -> torch.Tensor:
+        """Classifier-free guided noise prediction; cond and uncond: [B, L, D]. One batched U-Net call."""
+        eps = self.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        eps_cond, eps_uncond = eps.chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)

@@ -1,0 +1,98 @@
+"""Command line: train, resume, render a turntable, or export meshes.
+
+    python launch.py --config configs/tiny.yaml --train --prompt "a red vase" [key.path=value ...]
+    python launch.py --resume RUN_DIR [key.path=value ...]
+    python launch.py --test RUN_DIR
+    python launch.py --export RUN_DIR --format obj
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from guidance.teacher import TeacherNotFoundError
+from threed.artifacts import load_trained_field, write_meshes, write_video
+from threed.config import EXPORT_FORMATS, load_config, save_config
+from threed.errors import UserError
+from threed.runs import create_run, existing_run
+
+log = logging.getLogger("launch")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Text-to-3D by score distillation.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="start a new run from --config")
+    mode.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    mode.add_argument("--test", metavar="RUN_DIR", help="render the run's turntable video")
+    mode.add_argument("--export", metavar="RUN_DIR", help="export the run's mesh")
+    parser.add_argument("--config", help="YAML config (for --train)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, help="mesh format for --export (default: all of export.formats)")
+    parser.add_argument("--prompt", help="shorthand for prompt=TEXT")
+    parser.add_argument("--seed", type=int, help="shorthand for seed=N")
+    parser.add_argument("--outputs", help="shorthand for outputs=DIR (default: outputs)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    args = parser.parse_args(argv)
+    if args.train and not args.config:
+        parser.error("--train needs --config FILE (e.g. configs/tiny.yaml)")
+    return args
+
+
+def overrides_from(args: argparse.Namespace) -> list[str]:
+    shorthands = {"prompt": args.prompt, "seed": args.seed, "outputs": args.outputs}
+    return [f"{key}={quote(value)}" for key, value in shorthands.items() if value is not None] + args.overrides
+
+
+def quote(value) -> str:
+    """A value as omegaconf's dotlist reads it back unchanged (a prompt may hold commas or quotes)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'" if isinstance(value, str) else str(value)
+
+
+def run(args: argparse.Namespace) -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.train:
+        config = load_config(args.config, overrides_from(args))
+        paths = create_run(config.outputs, config.name, config.prompt)
+        save_config(config, paths.config)
+    else:
+        paths = existing_run(args.resume or args.test or args.export)
+        config = load_config(paths.config, overrides_from(args))
+    log.info("run folder: %s (device: %s)", paths.root, device)
+
+    if args.train or args.resume:
+        from threed.trainer import Trainer
+
+        trainer = Trainer(config, paths, device)
+        if args.resume:
+            trainer.resume()
+        trainer.fit()
+        field = trainer.field.eval()
+    else:
+        field = load_trained_field(config, paths, device)
+    if args.train or args.resume or args.test:
+        write_video(field, config, paths)
+    if args.train or args.resume or args.export:
+        write_meshes(field, config, paths, [args.format] if args.format else config.export.formats)
+    log.info("done: %s", paths.root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    try:
+        run(args)
+    except (UserError, TeacherNotFoundError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Multi-resolution hash-grid encoding (Instant-NGP) with tiny-cuda-nn's semantics, in PyTorch.
+
+Level ``l`` has scale ``s_l = base_resolution * per_level_scale**l - 1`` and resolution
+``ceil(s_l) + 1``. A point ``x`` in [0, 1]^3 maps to ``x * s_l + 0.5``; the eight surrounding
+grid vertices are looked up (directly while the level's grid fits in its table, through the
+XOR-of-primes hash otherwise) and interpolated trilinearly. Parameters are one flat table of
+shape [sum of level sizes, n_features], laid out level after level as tiny-cuda-nn lays them out,
+each level's size rounded up to a multiple of 8 and capped at ``2**log2_hashmap_size``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# tiny-cuda-nn's coherent primes; the first dimension is not scrambled.
+HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass
+class HashGridSpec:
+    """Defaults are ProlificDreamer's. Field metadata gives the valid range of each value."""
+
+    n_levels: int = field(default=16, metadata={"range": (1, 32)})
+    n_features_per_level: int = field(default=2, metadata={"choices": (1, 2, 4, 8)})
+    log2_hashmap_size: int = field(default=19, metadata={"range": (8, 24)})
+    base_resolution: int = field(default=16, metadata={"range": (2, None)})
+    finest_resolution: int = field(default=4096, metadata={"range": (2, None)})
+
+    @property
+    def per_level_scale(self) -> float:
+        if self.n_levels == 1:
+            return 1.0
+        return math.exp(math.log(self.finest_resolution / self.base_resolution) / (self.n_levels - 1))
+
+    def level_scales(self) -> list[float]:
+        return [self.base_resolution * self.per_level_scale**level - 1.0 for level in range(self.n_levels)]
+
+    def level_resolutions(self) -> list[int]:
+        return [math.ceil(scale) + 1 for scale in self.level_scales()]
+
+    def level_sizes(self) -> list[int]:
+        """Number of table rows of each level, as tiny-cuda-nn allocates them."""
+        dense_sizes = (-(-resolution**3 // 8) * 8 for resolution in self.level_resolutions())
+        return [min(size, 2**self.log2_hashmap_size) for size in dense_sizes]
+
+
+class HashGridEncoding(nn.Module):
+    """Encodes points in [0, 1]^3 into ``n_levels * n_features_per_level`` features."""
+
+    def __init__(self, spec: HashGridSpec):
+        super().__init__()
+        self.spec = spec
+        sizes = torch.tensor(spec.level_sizes())
+        resolutions = torch.tensor(spec.level_resolutions())
+        self.table = nn.Parameter(torch.empty(int(sizes.sum()), spec.n_features_per_level).uniform_(-1e-4, 1e-4))
+        buffers = {
+            "level_offsets": torch.cumsum(sizes, 0) - sizes,
+            "level_sizes": sizes,
+            "level_scales": torch.tensor(spec.level_scales(), dtype=torch.float32),
+            "dense_strides": torch.stack([torch.ones_like(resolutions), resolutions, resolutions**2], dim=-1),
+            "uses_hash": resolutions**3 > sizes,
+            "primes": torch.tensor(HASH_PRIMES, dtype=torch.int64),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.spec.n_levels * self.spec.n_features_per_level
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [N, 3] in [0, 1] -> features [N, n_levels * n_features_per_level]."""
+        scaled = points[:, None, :] * self.level_scales[:, None] + 0.5  # [N, L, 3]
+        floor = scaled.floor()
+        frac = scaled - floor
+        # Per axis, the two surrounding grid coordinates and their interpolation weights.
+        grid_coords = floor.long()[..., None] + torch.arange(2, device=points.device)  # [N, L, 3, 2]
+        axis_weights = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
+        rows = self._table_rows(grid_coords) + self.level_offsets[:, None]  # [N, L, 8]
+        weights = combine_over_corners(axis_weights, torch.mul)  # [N, L, 8]
+        corner_features = self.table[rows]  # [N, L, 8, F]
+        features = (weights[..., None].to(self.table.dtype) * corner_features).sum(dim=2)  # [N, L, F]
+        return features.flatten(1).to(points.dtype)
+
+    def _table_rows(self, grid_coords: torch.Tensor) -> torch.Tensor:
+        """grid_coords: [N, L, 3, 2] integer coordinates -> [N, L, 8] row within each level's table."""
+        dense_index = combine_over_corners(grid_coords * self.dense_strides[..., None], torch.add)
+        hash_index = combine_over_corners(grid_coords * self.primes[:, None], torch.bitwise_xor) & 0xFFFFFFFF
+        index = torch.where(self.uses_hash[:, None], hash_index, dense_index)
+        return index % self.level_sizes[:, None]
+
+
+def combine_over_corners(per_axis: torch.Tensor, combine) -> torch.Tensor:
+    """[..., 3, 2] values per axis and side -> [..., 8], combined over the cube's eight corners."""
+    x, y, z = per_axis.unbind(-2)
+    return combine(combine(x[..., :, None, None], y[..., None, :, None]), z[..., None, None, :]).flatten(-3)

@@ -1,0 +1,35 @@
+import os
+
+# Tests never reach the network: set before huggingface_hub is imported anywhere.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+from guidance.tiny_teacher import build_tiny_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A tiny Stable-Diffusion-shaped pipeline saved with save_pretrained; loaded back by the real code."""
+    folder = tmp_path_factory.mktemp("tiny-teacher")
+    build_tiny_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_v_teacher(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny-v-teacher")
+    build_tiny_pipeline(prediction_type="v_prediction").save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def fast_overrides(tiny_teacher, tmp_path) -> list[str]:
+    """Overrides of configs/tiny.yaml that make a run take seconds."""
+    return [
+        f"teacher.pretrained={tiny_teacher}", f"outputs={tmp_path / 'outputs'}",
+        "geometry.grid.n_levels=4", "geometry.grid.log2_hashmap_size=12", "geometry.grid.finest_resolution=64",
+        "geometry.hidden_dim=16", "render.samples_per_ray=16", "camera.height=16", "camera.width=16",
+        "trainer.max_steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.checkpoint_every=3",
+        "trainer.val_views=2", "trainer.val_resolution=16", "video.frames=4", "video.resolution=32", "export.resolution=32",
+    ]

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from threed.config import Config, load_config
+from threed.errors import ConfigError
+
+CONFIGS = sorted(Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_validate(path):
+    config = load_config(path, ["prompt=a red vase"])
+    assert isinstance(config, Config)
+    assert config.name == path.stem
+
+
+def test_overrides_are_merged_and_typed():
+    config = load_config("configs/tiny.yaml", ["trainer.max_steps=7", "camera.distance=[1.0,1.2]", "prompt=a blue cube, side view"])
+    assert config.trainer.max_steps == 7
+    assert config.camera.distance == [1.0, 1.2]
+    assert config.prompt == "a blue cube, side view"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_step=5", "unknown config key 'trainer.max_step'; did you mean 'trainer.max_steps'?"),
+    ("geometry.grid.n_level=4", "did you mean 'geometry.grid.n_levels'?"),
+    ("trainer.max_steps=many", "bad value for config key 'trainer.max_steps'"),
+    ("trainer.max_steps=0", "trainer.max_steps = 0 is out of range: it must be >= 1"),
+    ("guidance.max_step_percent=1.5", "guidance.max_step_percent = 1.5 is out of range"),
+    ("guidance.estimator=magic", "guidance.estimator = 'magic' is not one of"),
+    ("camera.elevation_deg=[30,10]", "camera.elevation_deg must be a [low, high] pair"),
+    ("prompt='  '", "the prompt is empty"),
+    ("trainer.max_steps", "is not of the form key.path=value"),
+])
+def test_bad_config_is_a_clear_error(override, expected):
+    with pytest.raises(ConfigError) as error:
+        load_config("configs/tiny.yaml", [override])
+    assert expected in str(error.value)
+
+
+def test_missing_prompt_names_the_key(tmp_path):
+    path = tmp_path / "noprompt.yaml"
+    path.write_text("trainer:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match="prompt is not set"):
+        load_config(path)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")

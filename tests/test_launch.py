@@ -1,0 +1,130 @@
+"""The command line end to end on the tiny teacher: a run, its artifacts, export, resume, errors."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+import launch
+from threed.checkpoint import list_checkpoints, load_checkpoint
+from threed.config import load_config
+
+
+def train(overrides: list[str], *extra: str) -> Path:
+    assert launch.main(["--config", "configs/tiny.yaml", "--train", *extra, *overrides]) == 0
+    runs = sorted(Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("outputs="))).glob("tiny/*"))
+    return runs[-1]
+
+
+def final_field_state(run: Path) -> dict:
+    return load_checkpoint(list_checkpoints(run / "checkpoints")[-1], torch.device("cpu"))["field"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_teacher, tmp_path_factory) -> tuple[Path, list[str]]:
+    from tests.conftest import fast_overrides
+
+    overrides = fast_overrides.__wrapped__(tiny_teacher, tmp_path_factory.mktemp("run"))
+    return train(overrides, "--prompt", "a red vase, front view", "--seed", "3"), overrides
+
+
+def test_run_folder_is_named_by_config_prompt_and_time(finished_run):
+    run, _ = finished_run
+    assert run.parent.name == "tiny"
+    assert run.name.startswith("a_red_vase_front_view@")
+
+
+def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finished_run):
+    run, _ = finished_run
+    config = load_config(run / "config.yaml")
+    assert config.prompt == "a red vase, front view" and config.seed == 3
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step0000003.pt", "step0000006.pt"]
+    assert not list((run / "checkpoints").glob("*.partial"))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in metrics] == [2, 4, 6]
+    assert all(np.isfinite(record["loss"]) and record["it_per_s"] > 0 for record in metrics)
+    assert sorted(p.name for p in (run / "validation").iterdir()) == ["step0000003.png", "step0000006.png"]
+    assert (run / "turntable.mp4").stat().st_size > 0
+    for file_format in ("obj", "glb", "ply"):
+        mesh = trimesh.load(run / "mesh" / f"model.{file_format}", force="mesh")
+        assert len(mesh.vertices) > 100 and len(mesh.faces) > 100
+        colors = np.asarray(mesh.visual.vertex_colors)
+        assert colors.shape == (len(mesh.vertices), 4)
+        assert colors[:, :3].std() > 0  # the field's albedo, not trimesh's default grey
+
+
+def test_the_initial_blob_exports_as_a_closed_ball(finished_run):
+    run, _ = finished_run
+    mesh = trimesh.load(run / "mesh" / "model.ply", force="mesh")
+    assert mesh.is_watertight
+    assert mesh.volume > 0  # faces point outwards
+    radii = np.linalg.norm(mesh.vertices, axis=1)
+    assert 0.2 < radii.mean() < 0.5
+
+
+def test_training_changes_the_field(finished_run):
+    run, _ = finished_run
+    first, last = (load_checkpoint(p, torch.device("cpu"))["field"] for p in list_checkpoints(run / "checkpoints"))
+    assert not torch.equal(first["encoding.table"], last["encoding.table"])
+
+
+def test_export_and_test_from_a_checkpoint(finished_run):
+    run, _ = finished_run
+    shutil.rmtree(run / "mesh")
+    (run / "turntable.mp4").unlink()
+    assert launch.main(["--export", str(run), "--format", "glb"]) == 0
+    assert sorted(p.name for p in (run / "mesh").iterdir()) == ["model.glb"]
+    assert launch.main(["--test", str(run)]) == 0
+    assert (run / "turntable.mp4").stat().st_size > 0
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(finished_run, tmp_path):
+    run, _ = finished_run
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped)
+    # The process died after its step-3 checkpoint: nothing from later steps survives.
+    (stopped / "checkpoints" / "step0000006.pt").unlink()
+    shutil.rmtree(stopped / "mesh")
+    assert launch.main(["--resume", str(stopped)]) == 0
+    resumed, uninterrupted = final_field_state(stopped), final_field_state(run)
+    assert resumed.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+    metrics = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in metrics] == [2, 4, 6]
+
+
+def test_v_prediction_teacher_trains(fast_overrides, tiny_v_teacher):
+    overrides = [o for o in fast_overrides if not o.startswith("teacher.pretrained")]
+    run = train([*overrides, f"teacher.pretrained={tiny_v_teacher}", "trainer.max_steps=2", "export.formats=[ply]"])
+    assert (run / "mesh" / "model.ply").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "the prompt is empty"),
+    (["trainer.max_stepz=3"], "did you mean 'trainer.max_steps'?"),
+    (["trainer.max_steps=lots"], "bad value for config key 'trainer.max_steps'"),
+    (["teacher.pretrained=nobody/no-such-teacher"], "cannot load teacher 'nobody/no-such-teacher'"),
+    (["--outputs", "{a_file}/runs"], "cannot write run folder"),
+])
+def test_user_errors_are_one_clear_line(args, message, capsys, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    args = [arg.format(a_file=a_file) for arg in args]
+    assert launch.main(["--config", "configs/tiny.yaml", "--train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(Exception, match="the prompt is empty"):
+        launch.main(["--config", "configs/tiny.yaml", "--train", "--prompt", "", "--debug"])
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert launch.main(["--resume", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""The application: configuration, cameras, the training loop, checkpoints, video and mesh export."""

@@ -1,0 +1,38 @@
+"""What a finished run leaves behind: its trained field, turntable video and meshes."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from nerf.field import RadianceField
+from threed.checkpoint import latest_checkpoint, load_checkpoint
+from threed.config import Config
+from threed.errors import RunDirError
+from threed.export import extract_mesh, save_mesh
+from threed.runs import RunPaths
+from threed.video import save_turntable_video
+
+log = logging.getLogger(__name__)
+
+
+def load_trained_field(config: Config, paths: RunPaths, device: torch.device) -> RadianceField:
+    """The field of the run's latest checkpoint (no teacher is loaded)."""
+    found = latest_checkpoint(paths.checkpoints)
+    if found is None:
+        raise RunDirError(f"{paths.root} has no checkpoint yet; train it first (--resume {paths.root})")
+    field = RadianceField(config.geometry).to(device)
+    field.load_state_dict(load_checkpoint(found, device)["field"])
+    return field.eval()
+
+
+def write_video(field: RadianceField, config: Config, paths: RunPaths) -> None:
+    save_turntable_video(field, config.render, config.video, paths.video)
+    log.info("turntable video: %s", paths.video)
+
+
+def write_meshes(field: RadianceField, config: Config, paths: RunPaths, formats: list[str]) -> None:
+    mesh = extract_mesh(field, config.export.resolution, config.export.threshold)
+    for file_format in formats:
+        save_mesh(mesh, paths.mesh(file_format))
+        log.info("mesh (%d vertices): %s", len(mesh.vertices), paths.mesh(file_format))

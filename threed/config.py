@@ -1,0 +1,153 @@
+"""The run configuration: YAML files and ``key.path=value`` overrides merged onto typed dataclasses.
+
+Validation is strict. An unknown key (with the closest valid key suggested), a value of the wrong
+type, a value outside the range or choices declared in a field's metadata, or a missing prompt is
+a ``ConfigError`` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from guidance.distillation import GuidanceSpec
+from guidance.teacher import TeacherSpec
+from nerf.field import FieldSpec
+from nerf.renderer import RenderSpec
+from threed.cameras import CameraSpec, TurntableSpec
+from threed.errors import ConfigError
+
+
+@dataclass
+class OptimSpec:
+    lr_encoding: float = field(default=0.01, metadata={"range": (0.0, None)})
+    lr_networks: float = field(default=0.001, metadata={"range": (0.0, None)})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = field(default=1e-15, metadata={"range": (0.0, None)})
+
+
+@dataclass
+class TrainerSpec:
+    max_steps: int = field(default=10000, metadata={"range": (1, None)})
+    log_every: int = field(default=10, metadata={"range": (1, None)})
+    val_every: int = field(default=200, metadata={"range": (1, None)})
+    val_views: int = field(default=4, metadata={"range": (1, None)})
+    val_resolution: int = field(default=128, metadata={"range": (8, 4096)})
+    checkpoint_every: int = field(default=1000, metadata={"range": (1, None)})
+    keep_checkpoints: int = field(default=2, metadata={"range": (1, None)})
+    # Bit-exact reruns and resumes (torch.use_deterministic_algorithms); costs some speed, mostly on CUDA.
+    deterministic: bool = True
+
+
+@dataclass
+class ExportSpec:
+    resolution: int = field(default=128, metadata={"range": (8, 1024)})
+    threshold: float = field(default=5.0, metadata={"range": (0.0, None)})
+    formats: list[str] = field(default_factory=lambda: ["obj", "glb", "ply"])
+
+
+@dataclass
+class Config:
+    prompt: str = MISSING
+    name: str = ""  # the run folder's parent; the config file's name when empty
+    seed: int = 0
+    outputs: str = "outputs"
+    geometry: FieldSpec = field(default_factory=FieldSpec)
+    render: RenderSpec = field(default_factory=RenderSpec)
+    camera: CameraSpec = field(default_factory=CameraSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    guidance: GuidanceSpec = field(default_factory=GuidanceSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    trainer: TrainerSpec = field(default_factory=TrainerSpec)
+    video: TurntableSpec = field(default_factory=TurntableSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+
+
+EXPORT_FORMATS = ("obj", "glb", "ply")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Reads a YAML file, applies ``key.path=value`` overrides and validates the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pick one of configs/*.yaml")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path), parse_overrides(overrides))
+        config: Config = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key} is not set: give it in the config or on the command line "
+                          f"(for the prompt: --prompt \"a red vase\")") from None
+    except OmegaConfBaseException as error:
+        raise ConfigError(describe_omegaconf_error(error)) from None
+    except ValueError as error:  # a dataclass's own consistency check
+        raise ConfigError(f"invalid config: {error}") from None
+    config.name = config.name or path.stem
+    validate(config)
+    return config
+
+
+def parse_overrides(overrides: list[str]):
+    for override in overrides:
+        if "=" not in override or override.startswith("="):
+            raise ConfigError(f"override {override!r} is not of the form key.path=value (e.g. trainer.max_steps=500)")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None) or "?"
+    message = str(error).splitlines()[0]
+    if "not in" in message and "Key" in message:
+        suggestion = closest_key(key)
+        hint = f"; did you mean {suggestion!r}?" if suggestion else "; see the dataclasses in threed/config.py for valid keys"
+        return f"unknown config key {key!r}{hint}"
+    return f"bad value for config key {key!r}: {message}"
+
+
+def all_keys(schema: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included."""
+    keys = []
+    for spec_field in dataclasses.fields(schema):
+        keys.append(prefix + spec_field.name)
+        section = spec_field.default_factory
+        if isinstance(section, type) and dataclasses.is_dataclass(section):
+            keys += all_keys(section, f"{prefix}{spec_field.name}.")
+    return keys
+
+
+def closest_key(key: str) -> str | None:
+    matches = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def validate(config: Config) -> None:
+    """Checks the ranges and choices declared in field metadata, and the values no dataclass owns."""
+    check_metadata(config, prefix="")
+    if not config.prompt.strip():
+        raise ConfigError("the prompt is empty: pass --prompt \"a red vase\" or set prompt in the config")
+    unknown = sorted(set(config.export.formats) - set(EXPORT_FORMATS))
+    if unknown:
+        raise ConfigError(f"export.formats has unknown formats {unknown}; use any of {list(EXPORT_FORMATS)}")
+
+
+def check_metadata(spec: Any, prefix: str) -> None:
+    for spec_field in dataclasses.fields(spec):
+        key, value = prefix + spec_field.name, getattr(spec, spec_field.name)
+        if dataclasses.is_dataclass(value):
+            check_metadata(value, key + ".")
+            continue
+        low, high = spec_field.metadata.get("range", (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = " and ".join(s for s in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "") if s)
+            raise ConfigError(f"{key} = {value} is out of range: it must be {bounds}")
+        choices = spec_field.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key} = {value!r} is not one of {list(choices)}")
+
+
+def save_config(config: Config, path: Path) -> None:
+    OmegaConf.save(OmegaConf.structured(config), path)

@@ -1,0 +1,150 @@
+"""The distillation loop: sample cameras, render, score with the teacher, step the field.
+
+Randomness on the training path (cameras, sample jitter, timesteps, noise) comes from one
+``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly where an
+uninterrupted one would be.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from guidance.distillation import ScoreDistillation
+from guidance.teacher import DiffusionTeacher
+from nerf.field import RadianceField
+from nerf.renderer import render_rays
+from threed.cameras import sample_cameras
+from threed.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_atomic
+from threed.config import Config, OptimSpec
+from threed.errors import NonFiniteLossError
+from threed.runs import RunPaths
+from threed.video import save_validation_strip
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(field: RadianceField, spec: OptimSpec) -> torch.optim.Adam:
+    networks = [p for name, p in field.named_parameters() if not name.startswith("encoding.")]
+    groups = [{"params": field.encoding.parameters(), "lr": spec.lr_encoding}, {"params": networks, "lr": spec.lr_networks}]
+    return torch.optim.Adam(groups, betas=tuple(spec.betas), eps=spec.eps)
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def drop_after(self, step: int) -> None:
+        """Forgets entries past ``step``: a resumed run logs those steps again."""
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class Trainer:
+    def __init__(self, config: Config, paths: RunPaths, device: torch.device):
+        self.config, self.paths, self.device = config, paths, device
+        torch.manual_seed(config.seed)
+        torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
+        self.field = RadianceField(config.geometry).to(device)
+        teacher = DiffusionTeacher.from_pretrained(config.teacher, device)
+        self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
+                                          config.teacher.guidance_scale).to(device)
+        self.optimizer = make_optimizer(self.field, config.optim)
+        self.generator = torch.Generator(device).manual_seed(config.seed)
+        self.metrics = MetricsLog(paths.metrics)
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.field.load_state_dict(state["field"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+
+    def resume(self) -> None:
+        """Continues from the run's latest checkpoint, if it has one."""
+        found = latest_checkpoint(self.paths.checkpoints)
+        if found is None:
+            log.info("no checkpoint in %s: starting from step 0", self.paths.checkpoints)
+            return
+        self.load_state_dict(load_checkpoint(found, self.device))
+        self.metrics.drop_after(self.step)
+        log.info("resumed from %s (step %d)", found, self.step)
+
+    def training_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step of the field; returns the named losses (detached)."""
+        spec = self.config.camera
+        cameras = sample_cameras(spec, self.generator)
+        render = render_rays(self.field, cameras.rays(), self.config.render, self.generator)
+        images = render.as_images(spec.batch_size, spec.height, spec.width).rgb
+        losses = self.guidance(images, self.generator).losses
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        self.step += 1
+        return {name: loss.detach() for name, loss in losses.items()}
+
+    def fit(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Trains up to ``trainer.max_steps``; ``stop_requested`` is polled at each step to end early.
+
+        Losses are read back from the device only at logging steps; a non-finite loss is then
+        reported, and no checkpoint is written from parameters it may have touched.
+        """
+        spec = self.config.trainer
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        started, first_step = time.perf_counter(), self.step
+        with tqdm(total=spec.max_steps, initial=self.step, desc="train", dynamic_ncols=True) as progress:
+            while self.step < spec.max_steps and not stop_requested():
+                losses = self.training_step()
+                nonfinite |= ~torch.isfinite(sum(losses.values()))
+                progress.update(1)
+                if self.step % spec.log_every == 0 or self.step == spec.max_steps:
+                    self._check_finite(nonfinite)
+                    record = self._log(losses, (self.step - first_step) / (time.perf_counter() - started))
+                    progress.set_postfix(loss=f"{record['loss']:.4g}")
+                if self.step % spec.val_every == 0:
+                    self.save_validation()
+                if self.step % spec.checkpoint_every == 0:
+                    self.save_checkpoint(nonfinite)
+        if not checkpoint_path(self.paths.checkpoints, self.step).exists():
+            self.save_checkpoint(nonfinite)
+
+    def _check_finite(self, nonfinite: torch.Tensor) -> None:
+        if nonfinite.item():
+            last = latest_checkpoint(self.paths.checkpoints)
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite before step {self.step}; no checkpoint was written from it. "
+                f"Lower optim.lr_* or teacher.guidance_scale"
+                + (f", then resume from {last} with --resume {self.paths.root}" if last else "")
+            )
+
+    def _log(self, losses: dict[str, torch.Tensor], steps_per_second: float) -> dict:
+        values = {name: loss.item() for name, loss in losses.items()}
+        record = {"step": self.step, "loss": sum(values.values()), "losses": values, "it_per_s": steps_per_second}
+        self.metrics.append(record)
+        return record
+
+    def save_checkpoint(self, nonfinite: torch.Tensor) -> None:
+        self._check_finite(nonfinite)
+        save_atomic(self.state_dict(), checkpoint_path(self.paths.checkpoints, self.step))
+        prune_checkpoints(self.paths.checkpoints, self.config.trainer.keep_checkpoints)
+
+    def save_validation(self) -> None:
+        spec = self.config.trainer
+        save_validation_strip(self.field, self.config.render, self.config.video, spec.val_views, spec.val_resolution,
+                              self.paths.validation / f"step{self.step:07d}.png")

@@ -1,0 +1,40 @@
+"""Rendering whole views to images and turntable videos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+
+from nerf.field import RadianceField
+from nerf.renderer import RenderSpec, render_rays_chunked
+from threed.cameras import CameraBatch, TurntableSpec, turntable_cameras
+
+
+@torch.no_grad()
+def render_views(field: RadianceField, cameras: CameraBatch, spec: RenderSpec) -> np.ndarray:
+    """-> uint8 images [B, H, W, 3], rendered one view at a time in ray chunks."""
+    views = []
+    for index in range(len(cameras)):
+        rgb = render_rays_chunked(field, cameras[index].rays(), spec).rgb.reshape(cameras.height, cameras.width, 3)
+        views.append((rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
+    return np.stack(views)
+
+
+def save_validation_strip(field: RadianceField, render_spec: RenderSpec, turntable: TurntableSpec, views: int,
+                          resolution: int, path: Path) -> None:
+    """Renders ``views`` views around the object side by side into one PNG."""
+    device = next(field.parameters()).device
+    images = render_views(field, turntable_cameras(turntable, views, resolution, device), render_spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(path, np.concatenate(list(images), axis=1))
+
+
+def save_turntable_video(field: RadianceField, render_spec: RenderSpec, turntable: TurntableSpec, path: Path) -> None:
+    """Renders the turntable's frames and writes them as an H.264 mp4 (atomically)."""
+    device = next(field.parameters()).device
+    frames = render_views(field, turntable_cameras(turntable, turntable.frames, turntable.resolution, device), render_spec)
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
+    imageio.mimwrite(partial, list(frames), fps=turntable.fps, macro_block_size=1, format="FFMPEG")
+    partial.replace(path)
