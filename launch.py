@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from guidance.teacher import TeacherNotFoundError
+from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
 from threed.artifacts import load_trained_field, write_meshes, write_video
 from threed.config import EXPORT_FORMATS, load_config, save_config
 from threed.errors import UserError
@@ -57,17 +57,20 @@ def run(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.train:
         config = load_config(args.config, overrides_from(args))
-        paths = create_run(config.outputs, config.name, config.prompt)
-        save_config(config, paths.config)
     else:
         paths = existing_run(args.resume or args.test or args.export)
         config = load_config(paths.config, overrides_from(args))
+    # The teacher loads before a new run folder exists, so a missing teacher leaves no empty run behind.
+    teacher = DiffusionTeacher.from_pretrained(config.teacher, device) if args.train or args.resume else None
+    if args.train:
+        paths = create_run(config.outputs, config.name, config.prompt)
+        save_config(config, paths.config)
     log.info("run folder: %s (device: %s)", paths.root, device)
 
-    if args.train or args.resume:
+    if teacher is not None:
         from threed.trainer import Trainer
 
-        trainer = Trainer(config, paths, device)
+        trainer = Trainer(config, paths, teacher)
         if args.resume:
             trainer.resume()
         trainer.fit()

@@ -110,14 +110,17 @@ def test_v_prediction_teacher_trains(fast_overrides, tiny_v_teacher):
     (["teacher.pretrained=nobody/no-such-teacher"], "cannot load teacher 'nobody/no-such-teacher'"),
     (["--outputs", "{a_file}/runs"], "cannot write run folder"),
 ])
-def test_user_errors_are_one_clear_line(args, message, capsys, tmp_path):
+def test_user_errors_are_one_clear_line(args, message, capsys, tmp_path, fast_overrides):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     args = [arg.format(a_file=a_file) for arg in args]
-    assert launch.main(["--config", "configs/tiny.yaml", "--train", *args]) == 2
+    if "--outputs" in args:
+        fast_overrides = [o for o in fast_overrides if not o.startswith("outputs=")]
+    assert launch.main(["--config", "configs/tiny.yaml", "--train", *fast_overrides, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()  # a failed start leaves no run folder behind
 
 
 def test_debug_shows_the_traceback():

@@ -53,12 +53,14 @@ class MetricsLog:
 
 
 class Trainer:
-    def __init__(self, config: Config, paths: RunPaths, device: torch.device):
+    """One run's field, optimiser and guidance. The teacher is loaded by the caller (and may be reused)."""
+
+    def __init__(self, config: Config, paths: RunPaths, teacher: DiffusionTeacher):
+        device = teacher.alphas_cumprod.device
         self.config, self.paths, self.device = config, paths, device
         torch.manual_seed(config.seed)
         torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
         self.field = RadianceField(config.geometry).to(device)
-        teacher = DiffusionTeacher.from_pretrained(config.teacher, device)
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
                                           config.teacher.guidance_scale).to(device)
         self.optimizer = make_optimizer(self.field, config.optim)

@@ -1,0 +1,122 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from nerf.field import FieldSpec, RadianceField
+from nerf.hashgrid import HASH_PRIMES, HashGridEncoding, HashGridSpec
+from nerf.rays import Rays, intersect_box
+from nerf.renderer import RenderSpec, render_rays, render_rays_chunked
+from threed.cameras import make_cameras
+
+
+def reference_encoding(encoding: HashGridEncoding, point: list[float]) -> torch.Tensor:
+    """tiny-cuda-nn's hash-grid lookup written out point by point, corner by corner."""
+    spec, table = encoding.spec, encoding.table.detach()
+    features, offset = [], 0
+    for scale, resolution, size in zip(spec.level_scales(), spec.level_resolutions(), spec.level_sizes()):
+        position = [x * scale + 0.5 for x in point]
+        base = [math.floor(p) for p in position]
+        level = torch.zeros(spec.n_features_per_level)
+        for corner in range(8):
+            coords = [base[d] + ((corner >> d) & 1) for d in range(3)]
+            weight = math.prod(position[d] - base[d] if (corner >> d) & 1 else 1 - (position[d] - base[d]) for d in range(3))
+            if resolution**3 <= size:
+                index = coords[0] + resolution * coords[1] + resolution**2 * coords[2]
+            else:
+                index = (coords[0] * HASH_PRIMES[0] ^ coords[1] * HASH_PRIMES[1] ^ coords[2] * HASH_PRIMES[2]) % 2**32
+            level += weight * table[offset + index % size]
+        features.append(level)
+        offset += size
+    return torch.cat(features)
+
+
+def test_hash_grid_matches_the_pointwise_reference():
+    torch.manual_seed(0)
+    encoding = HashGridEncoding(HashGridSpec(n_levels=6, log2_hashmap_size=10, base_resolution=4, finest_resolution=128))
+    nn.init.uniform_(encoding.table, -1, 1)
+    points = torch.rand(20, 3)
+    points[0] = torch.tensor([0.0, 1.0, 0.5])  # faces of the unit cube
+    expected = torch.stack([reference_encoding(encoding, p.tolist()) for p in points])
+    torch.testing.assert_close(encoding(points), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hash_grid_layout_follows_tiny_cuda_nn():
+    spec = HashGridSpec()  # ProlificDreamer's defaults
+    assert spec.per_level_scale == pytest.approx(1.4472692374403782)
+    sizes = spec.level_sizes()
+    assert spec.level_resolutions()[:2] == [16, 24]  # ceil(16 * 1.447**l - 1) + 1
+    assert sizes[:2] == [16**3, 24**3]
+    assert sizes[-1] == 2**19 and all(s % 8 == 0 for s in sizes)
+    encoding = HashGridEncoding(spec)
+    assert encoding.table.shape == (sum(sizes), 2)
+    assert encoding(torch.rand(5, 3)).shape == (5, 32)
+
+
+def test_field_starts_as_a_blob_and_is_deterministic():
+    torch.manual_seed(1)
+    field_a = RadianceField(FieldSpec(grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)))
+    torch.manual_seed(1)
+    field_b = RadianceField(FieldSpec(grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)))
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.0, 0.0]])
+    density, albedo = field_a(points)
+    assert density[0] > 5.0 > 0.1 > density[1]
+    assert albedo.shape == (2, 3) and ((albedo >= 0) & (albedo <= 1)).all()
+    torch.testing.assert_close(field_b(points)[0], density, rtol=0, atol=0)
+
+
+def test_camera_at_azimuth_0_elevation_0_sits_on_plus_x_and_looks_at_the_origin():
+    cameras = make_cameras(torch.tensor([0.0, 0.0, 30.0]), torch.tensor([0.0, 90.0, 180.0]), torch.tensor([2.0, 2.0, 2.0]),
+                           torch.tensor([40.0, 40.0, 40.0]), height=3, width=3)
+    positions = cameras.c2w[:, :3, 3]
+    torch.testing.assert_close(positions[0], torch.tensor([2.0, 0.0, 0.0]))
+    torch.testing.assert_close(positions[1], torch.tensor([0.0, 2.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(positions[2], torch.tensor([-2 * math.cos(math.pi / 6), 0.0, 1.0]), atol=1e-6, rtol=0)
+    centre_rays = cameras.rays().directions.reshape(3, 3, 3, 3)[:, 1, 1]
+    torch.testing.assert_close(centre_rays, -positions / positions.norm(dim=-1, keepdim=True), atol=1e-6, rtol=0)
+    # Image up is world +z: the top row of the first camera looks upwards.
+    assert cameras.rays().directions.reshape(3, 3, 3, 3)[0, 0, 1, 2] > 0
+
+
+class ConstantField(nn.Module):
+    def __init__(self, density: float, color: list[float]):
+        super().__init__()
+        self.spec = SimpleNamespace(radius=1.0)
+        self.density, self.color = density, torch.tensor(color)
+
+    def forward(self, points):
+        return torch.full((len(points),), self.density), self.color.expand(len(points), 3)
+
+
+def test_volume_rendering_matches_the_closed_form_for_constant_density():
+    sigma, color, background = 0.7, [0.2, 0.4, 0.6], [1.0, 1.0, 1.0]
+    rays = Rays(torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.5, 0.2], [3.0, 3.0, 0.0]]),
+                torch.tensor([[-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]))
+    out = render_rays(ConstantField(sigma, color), rays, RenderSpec(samples_per_ray=64, background_color=background))
+    opacity = 1 - math.exp(-sigma * 2.0)  # both hitting rays cross the box over a length of 2
+    torch.testing.assert_close(out.opacity[:, 0], torch.tensor([opacity, opacity, 0.0]), atol=1e-5, rtol=0)
+    expected_rgb = torch.tensor(color) * opacity + torch.tensor(background) * (1 - opacity)
+    torch.testing.assert_close(out.rgb[0], expected_rgb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.rgb[2], torch.tensor(background))
+    # Expected depth of a homogeneous slab entered at distance 2: 2 + (1/sigma - L e^{-sigma L} / (1 - e^{-sigma L})), un-normalised.
+    mean_in_slab = 1 / sigma - 2.0 * math.exp(-sigma * 2.0) / opacity
+    assert out.depth[0, 0].item() == pytest.approx((2.0 + mean_in_slab) * opacity, rel=1e-3)
+
+
+def test_ray_box_intersection():
+    rays = Rays(torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0], [3.0, 3.0, 0.0]]), torch.tensor([[-1.0, 0, 0], [0, 0, 1.0], [-1.0, 0, 0]]))
+    near, far = intersect_box(rays, 1.0)
+    torch.testing.assert_close(near, torch.tensor([2.0, 0.0, near[2].item()]))
+    torch.testing.assert_close(far, torch.tensor([4.0, 1.0, near[2].item()]))
+
+
+def test_chunked_rendering_equals_one_pass():
+    torch.manual_seed(0)
+    field = RadianceField(FieldSpec(grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)))
+    cameras = make_cameras(torch.tensor([20.0]), torch.tensor([45.0]), torch.tensor([2.0]), torch.tensor([50.0]), 12, 12)
+    whole = render_rays(field, cameras.rays(), RenderSpec(samples_per_ray=16))
+    chunked = render_rays_chunked(field, cameras.rays(), RenderSpec(samples_per_ray=16, chunk_rays=25))
+    torch.testing.assert_close(chunked.rgb, whole.rgb.detach())
+    torch.testing.assert_close(chunked.weights, whole.weights.detach())

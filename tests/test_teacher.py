@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from guidance.distillation import GuidanceSpec, ScoreDistillation
+from guidance.estimators import sds
+from guidance.teacher import DiffusionTeacher, TeacherNotFoundError, TeacherSpec
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher) -> DiffusionTeacher:
+    return DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=tiny_teacher), CPU)
+
+
+def test_teacher_loads_frozen_with_its_vae(teacher):
+    assert teacher.vae is not None and teacher.image_size == 32
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert teacher.embed_text(["a red vase", ""]).shape == (2, 16, 32)
+
+
+def test_encode_resizes_and_is_differentiable(teacher):
+    images = torch.rand(2, 3, 20, 20, requires_grad=True)
+    latents = teacher.encode(images)
+    assert latents.shape == (2, 4, 16, 16)
+    latents.sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_v_prediction_is_converted_to_epsilon(tiny_v_teacher):
+    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=tiny_v_teacher), CPU)
+    x_t, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 700])
+    text = teacher.embed_text(["a cube", "a cube"])
+    v = teacher.unet(x_t, t, encoder_hidden_states=text).sample
+    alpha, sigma = teacher.alpha_sigma(t)
+    torch.testing.assert_close(teacher.predict_eps(x_t, t, text), sigma * x_t + alpha * v)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(alpha))
+
+
+def test_guidance_scale_one_is_the_conditional_prediction(teacher):
+    x_t, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+    cond, uncond = teacher.embed_text(["a red vase", ""]).chunk(2)
+    torch.testing.assert_close(teacher.predict_eps_cfg(x_t, t, cond, uncond, 1.0), teacher.predict_eps(x_t, t, cond))
+
+
+def test_sds_gradient_is_the_weighted_noise_residual():
+    x0 = torch.randn(3, 2, 4, 4, requires_grad=True)
+    eps = torch.randn_like(x0)
+    alpha, sigma = torch.full((3, 1, 1, 1), 0.8), torch.full((3, 1, 1, 1), 0.6)
+
+    def teacher_eps(x_t):
+        return 0.5 * x_t
+
+    sds(x0, eps, alpha, sigma, teacher_eps, weight=sigma**2).backward()
+    expected = sigma**2 * (0.5 * (alpha * x0 + sigma * eps) - eps) / 3
+    torch.testing.assert_close(x0.grad, expected.detach())
+
+
+def test_score_distillation_samples_timesteps_in_range(teacher):
+    guidance = ScoreDistillation(teacher, GuidanceSpec(min_step_percent=0.2, max_step_percent=0.3), "a vase", "", 7.5)
+    images = torch.rand(4, 24, 24, 3, requires_grad=True)
+    out = guidance(images, torch.Generator().manual_seed(0))
+    assert ((out.timesteps >= 200) & (out.timesteps < 300)).all()
+    out.losses["sds"].backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path):
+    with pytest.raises(TeacherNotFoundError, match="not a complete diffusers pipeline"):
+        DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=str(tmp_path)), CPU)
+    with pytest.raises(TeacherNotFoundError, match="huggingface-cli download nobody/nothing"):
+        DiffusionTeacher.from_pretrained(TeacherSpec(pretrained="nobody/nothing"), CPU)
