@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from guidance.estimators import sds
+from guidance.estimators import NoisedSample, sds
 from guidance.teacher import DiffusionTeacher
 
 ESTIMATORS = ("sds",)
@@ -52,10 +52,14 @@ class ScoreDistillation(nn.Module):
         t = self.sample_timesteps(batch, generator)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
+        sample = NoisedSample(x0, eps, alpha, sigma)
         cond, uncond = (e.expand(batch, -1, -1) for e in (self.cond_embedding, self.uncond_embedding))
 
-        def teacher_eps(x_t: torch.Tensor) -> torch.Tensor:
-            return self.teacher.predict_eps_cfg(x_t, t, cond, uncond, self.guidance_scale)
+        def teacher_score(x_t: torch.Tensor) -> torch.Tensor:
+            return -self.teacher.predict_eps_cfg(x_t, t, cond, uncond, self.guidance_scale) / sigma
 
-        loss = sds(x0, eps, alpha, sigma, teacher_eps, weight=sigma**2)
+        # DreamFusion's weighting, w(t) = sigma_t^2 on the noise residual: the gradient on x_0 is
+        # w(t) (eps_teacher - eps). In score units that is a weight of sigma^2 * sigma / alpha.
+        weight = (sigma**3 / alpha).flatten()
+        loss = sds(sample, teacher_score, weight)
         return GuidanceOutput(losses={"sds": self.spec.weight * loss}, timesteps=t)

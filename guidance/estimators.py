@@ -1,29 +1,154 @@
-"""Score-distillation estimators, written against callables so that they run on U-Nets and on
-analytic distributions alike. Symbols follow ``shared/design/guidance-math.md``:
-``x_t = alpha_t * x_0 + sigma_t * eps``.
+"""Score-distillation estimators of the unified f-divergence family.
+
+Each is a loss whose gradient with respect to the generator's parameters estimates the paper's
+gradient, written against callables (teacher score ``s_q``, fake score ``s_p``, discriminator
+logit ``d``) and the noise process, so the same function runs on U-Nets and on the analytic
+Gaussians of ``guidance.gaussian``. Symbols follow ``shared/design/guidance-math.md``:
+``x_t = alpha_t x_0 + sigma_t eps``, ``y = s_p - s_q``, ``r = q_t / p_t = exp(d)``, ``h = f'' r^2``.
+
+Every function returns the batch mean of per-sample losses, each multiplied by its time weight
+``weight`` [B]. Networks are frozen for these losses: autograd flows through their *inputs*
+(``x_t``, and ``x_0``) into the generator, never into their parameters' use here.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-NoisePredictor = Callable[[torch.Tensor], torch.Tensor]  # x_t -> predicted eps
+from guidance.divergences import Divergence
+
+Score = Callable[[torch.Tensor], torch.Tensor]  # x_t [B, ...] -> score [B, ...]
+Logit = Callable[[torch.Tensor], torch.Tensor]  # x_t [B, ...] -> d [B]
 
 
-def inject_gradient(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """A loss whose gradient with respect to ``x0`` is ``grad / batch`` (``grad`` is not differentiated)."""
-    target = (x0 - grad).detach()
-    return 0.5 * ((x0 - target) ** 2).sum() / x0.shape[0]
+@dataclass
+class NoisedSample:
+    """The forward process at one draw: ``x_t = alpha * x0 + sigma * eps``.
 
-
-def sds(x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-        teacher_eps: NoisePredictor, weight: torch.Tensor) -> torch.Tensor:
-    """DreamFusion's score distillation: gradient ``w(t) * (eps_teacher(x_t) - eps)`` on ``x_0``.
-
-    x0, eps: [B, ...]; alpha, sigma, weight: broadcastable to x0. No U-Net is back-propagated through.
+    x0, eps: [B, ...] (x0 carries the generator's graph); alpha, sigma: [B, 1, ...], broadcastable.
     """
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+
+    @property
+    def x_t(self) -> torch.Tensor:
+        return self.alpha * self.x0 + self.sigma * self.eps
+
+    def conditional_score(self, x_t: torch.Tensor) -> torch.Tensor:
+        """grad log p(x_t | x_0) = -(x_t - alpha x_0) / sigma^2 (= -eps / sigma)."""
+        return -(x_t - self.alpha * self.x0) / self.sigma**2
+
+
+@dataclass
+class RatioSpec:
+    """How the discriminator's logit becomes the density ratio. None disables a clamp."""
+
+    logit_clamp: tuple[float, float] | None = (-10.0, 10.0)
+    ratio_clamp: tuple[float, float] | None = (0.1, 20.0)
+    normalize: bool = False  # divide h (and r h') by the batch mean of h
+
+
+EXACT_RATIO = RatioSpec(logit_clamp=None, ratio_clamp=None, normalize=False)
+
+
+def density_ratio(logit: torch.Tensor, spec: RatioSpec) -> torch.Tensor:
+    """d [B] -> r = exp(d) [B], clamped as the spec says."""
+    if spec.logit_clamp is not None:
+        logit = logit.clamp(*spec.logit_clamp)
+    ratio = torch.exp(logit)
+    return ratio.clamp(*spec.ratio_clamp) if spec.ratio_clamp is not None else ratio
+
+
+def per_sample(values: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [B], summed over every element of a sample."""
+    return values.flatten(1).sum(dim=1)
+
+
+def broadcast(per_batch: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, ..., 1] with the rank of ``like``."""
+    return per_batch.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def inject_gradient(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A loss whose gradient with respect to ``x`` [B, ...] is ``grad / B``; ``grad`` is not differentiated."""
+    return per_sample(grad.detach() * x).mean()
+
+
+def divergence_weights(divergence: Divergence, ratio: torch.Tensor, spec: RatioSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h(r), r h'(r)), each [B], both divided by the batch mean of h when the spec normalises."""
+    h, r_dh = divergence.h(ratio), ratio * divergence.dh(ratio)
+    if spec.normalize:
+        scale = h.mean().detach()
+        h, r_dh = h / scale, r_dh / scale
+    return h, r_dh
+
+
+def di_type(sample: NoisedSample, y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Grad(DI): ``E[w h(r) y^T dx_t/dtheta]``, with y [B, ...] and h, weight [B] computed without gradient."""
+    return inject_gradient(sample.x_t, broadcast(weight * h, y) * y)
+
+
+def sds(sample: NoisedSample, teacher_score: Score, weight: torch.Tensor) -> torch.Tensor:
+    """DreamFusion: VSD with the fake score replaced by the conditional score of the drawn noise, -eps / sigma."""
     with torch.no_grad():
-        x_t = alpha * x0 + sigma * eps
-        grad = weight * (teacher_eps(x_t) - eps)
-    return inject_gradient(x0, grad)
+        x_t = sample.x_t
+        y = sample.conditional_score(x_t) - teacher_score(x_t)
+    return di_type(sample, y, torch.ones_like(weight), weight)
+
+
+def vsd(sample: NoisedSample, teacher_score: Score, fake_score: Score, weight: torch.Tensor) -> torch.Tensor:
+    """ProlificDreamer's variational score distillation: Grad(DI) with h = 1 (reverse KL)."""
+    with torch.no_grad():
+        x_t = sample.x_t
+        y = fake_score(x_t) - teacher_score(x_t)
+    return di_type(sample, y, torch.ones_like(weight), weight)
+
+
+def f_distill(sample: NoisedSample, teacher_score: Score, fake_score: Score, logit: Logit, divergence: Divergence,
+              weight: torch.Tensor, ratio_spec: RatioSpec) -> torch.Tensor:
+    """f-distill: Grad(DI) weighted by h(r), the gradient of D_f(q_t || p_t) at this t."""
+    with torch.no_grad():
+        x_t = sample.x_t
+        y = fake_score(x_t) - teacher_score(x_t)
+        h, _ = divergence_weights(divergence, density_ratio(logit(x_t), ratio_spec), ratio_spec)
+    return di_type(sample, y, h, weight)
+
+
+def uni_instruct(sample: NoisedSample, teacher_score: Score, fake_score: Score, logit: Logit, divergence: Divergence,
+                 weight: torch.Tensor, ratio_spec: RatioSpec) -> torch.Tensor:
+    """Uni-Instruct's surrogate of the expanded f-divergence, Grad(DI) + Grad(SIM):
+
+        L = (h(r) - r h'(r)) ||y||^2 - 2 h(r) y^T (s_p(x_t) - grad log p(x_t | x_0))
+
+    with autograd through x_t into both scores and the logit (so into r), and through x_0.
+    """
+    x_t = sample.x_t
+    s_q, s_p = teacher_score(x_t), fake_score(x_t)
+    y = s_p - s_q
+    h, r_dh = divergence_weights(divergence, density_ratio(logit(x_t), ratio_spec), ratio_spec)
+    surrogate = (h - r_dh) * per_sample(y**2) - 2 * h * per_sample(y * (s_p - sample.conditional_score(x_t)))
+    return (weight * surrogate).mean()
+
+
+def sid(sample: NoisedSample, teacher_score: Score, fake_score: Score, alpha_sid: float,
+        weight: torch.Tensor) -> torch.Tensor:
+    """Score identity distillation, in x0-predictions f = (x_t + sigma^2 s(x_t)) / alpha:
+
+        L = (f_q - f_p)^T [(f_q - x_0) - alpha_sid (f_q - f_p)]
+
+    with autograd through x_t (into both scores) and x_0. At alpha_sid = 1/2 it equals
+    (sigma^4 / 2) times Uni-Instruct's reverse-KL surrogate.
+    """
+    x_t = sample.x_t
+
+    def x0_prediction(score: Score) -> torch.Tensor:
+        return (x_t + sample.sigma**2 * score(x_t)) / sample.alpha
+
+    f_q, f_p = x0_prediction(teacher_score), x0_prediction(fake_score)
+    surrogate = per_sample((f_q - f_p) * ((f_q - sample.x0) - alpha_sid * (f_q - f_p)))
+    return (weight * surrogate).mean()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from guidance.distillation import GuidanceSpec, ScoreDistillation
-from guidance.estimators import sds
+from guidance.estimators import NoisedSample, sds
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError, TeacherSpec
 
 CPU = torch.device("cpu")
@@ -51,8 +51,10 @@ def test_sds_gradient_is_the_weighted_noise_residual():
     def teacher_eps(x_t):
         return 0.5 * x_t
 
-    sds(x0, eps, alpha, sigma, teacher_eps, weight=sigma**2).backward()
-    expected = sigma**2 * (0.5 * (alpha * x0 + sigma * eps) - eps) / 3
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    sds(NoisedSample(x0, eps, alpha, sigma), lambda x_t: -teacher_eps(x_t) / sigma, weight).backward()
+    # Gradient on x_t: w (eps_teacher - eps) / sigma; on x_0, times alpha; batch mean.
+    expected = weight.view(3, 1, 1, 1) * alpha * (teacher_eps(alpha * x0 + sigma * eps) - eps) / sigma / 3
     torch.testing.assert_close(x0.grad, expected.detach())
 
 
