@@ -1,0 +1,112 @@
+"""The guidance math against closed forms: divergences, the quadrature references, and every
+estimator's Monte Carlo gradient on the 1-D Gaussian problem of the spec."""
+import json
+
+import pytest
+import torch
+
+from guidance import estimators
+from guidance.divergences import DIVERGENCES, get_divergence
+from guidance.gaussian import GaussianProblem, divergence_gradient, expanded_divergence_gradient
+from guidance.verify import main as verify_main
+from guidance.verify import monte_carlo, reference
+
+SPEC = GaussianProblem(teacher_var=1.3, gen_scale=0.8, sigma=0.5, theta=0.4)
+# v_q < a^2 + sigma^2 in these, so every moment of r is finite (needed for chi2's standard error).
+BOUNDED_RATIO = [
+    GaussianProblem(teacher_var=0.6, gen_scale=0.7, sigma=0.4, theta=-0.3),
+    GaussianProblem(teacher_var=1.0, gen_scale=1.1, sigma=0.3, theta=0.7),
+    GaussianProblem(teacher_var=0.5, gen_scale=0.6, sigma=0.6, theta=0.2),
+]
+
+# shared/design/guidance-math.md: (dD_f/dtheta, dJ_h/dtheta) at the spec's parameters.
+SPEC_TABLE = {
+    "rkl": (0.307692, 0.473373), "fkl": (0.449438, 1.009973), "js": (0.169236, 0.276595),
+    "chi2": (2.620664, 16.145722), "jkl": (0.757131, 1.483346), "hellinger": (0.177750, 0.312832),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_closed_forms_match_autograd_of_f(name):
+    divergence = get_divergence(name)
+    r = torch.linspace(0.05, 6.0, 50, dtype=torch.float64, requires_grad=True)
+    (df,) = torch.autograd.grad(divergence.f(r).sum(), r, create_graph=True)
+    (d2f,) = torch.autograd.grad(df.sum(), r, create_graph=True)
+    h = d2f * r**2
+    (dh,) = torch.autograd.grad(h.sum(), r, create_graph=True)
+    (d2h,) = torch.autograd.grad(dh.sum(), r)
+    torch.testing.assert_close(divergence.h(r), h)
+    torch.testing.assert_close(divergence.dh(r), dh)
+    torch.testing.assert_close(divergence.d2h(r), d2h)
+    assert divergence.f(torch.ones(1, dtype=torch.float64)).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_TABLE))
+def test_quadrature_reference_reproduces_the_spec_table(name):
+    di, expanded = SPEC_TABLE[name]
+    assert divergence_gradient(SPEC, get_divergence(name)) == pytest.approx(di, abs=2e-6)
+    assert expanded_divergence_gradient(SPEC, get_divergence(name)) == pytest.approx(expanded, abs=2e-6)
+
+
+def cases():
+    for index, problem in enumerate([SPEC, *BOUNDED_RATIO[:2]]):
+        for estimator in ("uni-instruct", "f-distill"):
+            for divergence in sorted(set(DIVERGENCES) - {"chi2"}):
+                yield pytest.param(estimator, divergence, problem, 0.5, id=f"{estimator}-{divergence}-set{index}")
+        for estimator, alpha_sid in (("vsd", 0.5), ("sds", 0.5), ("sid", 0.5), ("sid", 1.2)):
+            yield pytest.param(estimator, "rkl", problem, alpha_sid, id=f"{estimator}-a{alpha_sid}-set{index}")
+    for index, problem in enumerate(BOUNDED_RATIO):
+        for estimator in ("uni-instruct", "f-distill"):
+            yield pytest.param(estimator, "chi2", problem, 0.5, id=f"{estimator}-chi2-bounded{index}")
+
+
+@pytest.mark.parametrize("estimator, divergence, problem, alpha_sid", list(cases()))
+def test_estimator_is_unbiased_on_the_gaussian_problem(estimator, divergence, problem, alpha_sid):
+    estimate, stderr = monte_carlo(estimator, problem, divergence, alpha_sid, samples=300_000, seed=7)
+    expected = reference(estimator, problem, divergence, alpha_sid)
+    assert stderr > 0
+    assert abs(estimate - expected) < 4 * stderr, (estimate, stderr, expected)
+
+
+def test_sid_at_one_half_is_a_scaled_reverse_kl_surrogate():
+    problem = BOUNDED_RATIO[0]
+    sample = problem.draw(torch.full((1000,), problem.theta, dtype=torch.float64), torch.Generator().manual_seed(0))
+    weight = torch.ones(1000, dtype=torch.float64)
+    loss_sid = estimators.sid(sample, problem.teacher_score, problem.fake_score, alpha_sid=0.5, weight=weight)
+    loss_rkl = estimators.uni_instruct(sample, problem.teacher_score, problem.fake_score, problem.logit,
+                                       get_divergence("rkl"), weight, estimators.EXACT_RATIO)
+    assert loss_sid.item() == pytest.approx(problem.sigma**4 / 2 * loss_rkl.item(), rel=1e-10)
+
+
+def test_a_biased_estimator_is_caught():
+    """The check has power: dropping Grad(SIM)'s conditional-score term biases Uni-Instruct visibly."""
+    problem = SPEC
+
+    def without_conditional_score(sample, weight):
+        x_t = sample.x_t
+        y = problem.fake_score(x_t) - problem.teacher_score(x_t)
+        return (weight * estimators.per_sample(-2 * y * problem.fake_score(x_t))).mean()
+
+    theta = torch.full((100_000,), problem.theta, dtype=torch.float64, requires_grad=True)
+    loss = without_conditional_score(problem.draw(theta, torch.Generator().manual_seed(0)), torch.ones(100_000))
+    (grad,) = torch.autograd.grad(loss, theta)
+    per_sample = grad * 100_000
+    stderr = per_sample.std().item() / 100_000**0.5
+    assert abs(per_sample.mean().item() - reference("uni-instruct", problem, "rkl", 0.5)) > 10 * stderr
+
+
+def test_ratio_clamps_and_normalisation():
+    spec = estimators.RatioSpec()
+    ratio = estimators.density_ratio(torch.tensor([-50.0, 0.0, 2.0, 50.0]), spec)
+    torch.testing.assert_close(ratio, torch.tensor([0.1, 1.0, torch.e**2, 20.0]))
+    h, r_dh = estimators.divergence_weights(get_divergence("fkl"), ratio, estimators.RatioSpec(normalize=True))
+    assert h.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(r_dh, h)  # for fkl, r h'(r) = r = h(r)
+
+
+def test_verify_command_prints_one_json_object(capsys):
+    verify_main(["--estimator", "f-distill", "--divergence", "fkl", "--samples", "20000", "--seed", "1"])
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"estimate", "stderr", "reference"}
+    assert result["reference"] == pytest.approx(SPEC_TABLE["fkl"][0], abs=2e-6)
+    assert abs(result["estimate"] - result["reference"]) < 4 * result["stderr"]
