@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from guidance.estimators import NoisedSample, sds
+from guidance.prompts import PromptEmbeddings, ViewPromptSpec
 from guidance.teacher import DiffusionTeacher
 
 ESTIMATORS = ("sds",)
@@ -33,27 +34,28 @@ class GuidanceOutput:
 class ScoreDistillation(nn.Module):
     """Holds the teacher and the prompt's embeddings (computed once) and scores batches of views."""
 
-    def __init__(self, teacher: DiffusionTeacher, spec: GuidanceSpec, prompt: str, negative_prompt: str, guidance_scale: float):
+    def __init__(self, teacher: DiffusionTeacher, spec: GuidanceSpec, prompt: str, negative_prompt: str,
+                 guidance_scale: float, views: ViewPromptSpec):
         super().__init__()
         self.teacher, self.spec, self.guidance_scale = teacher, spec, guidance_scale
-        cond, uncond = teacher.embed_text([prompt, negative_prompt]).chunk(2)
-        self.register_buffer("cond_embedding", cond, persistent=False)
-        self.register_buffer("uncond_embedding", uncond, persistent=False)
+        self.prompts = PromptEmbeddings(teacher.embed_text, prompt, negative_prompt, views)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         n = self.teacher.num_train_timesteps
         low, high = int(self.spec.min_step_percent * n), int(self.spec.max_step_percent * n)
         return torch.randint(low, max(high, low + 1), (batch,), generator=generator, device=generator.device)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator) -> GuidanceOutput:
-        """images: [B, H, W, 3] renders in [0, 1]; generator draws t and eps (on the images' device)."""
+    def forward(self, images: torch.Tensor, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor,
+                generator: torch.Generator) -> GuidanceOutput:
+        """images: [B, H, W, 3] renders in [0, 1] seen from cameras at [B] elevations and azimuths (degrees);
+        generator draws t and eps (on the images' device)."""
         x0 = self.teacher.encode(images.permute(0, 3, 1, 2)).float()
         batch = x0.shape[0]
         t = self.sample_timesteps(batch, generator)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
         sample = NoisedSample(x0, eps, alpha, sigma)
-        cond, uncond = (e.expand(batch, -1, -1) for e in (self.cond_embedding, self.uncond_embedding))
+        cond, uncond = self.prompts(elevation_deg, azimuth_deg)
 
         def teacher_score(x_t: torch.Tensor) -> torch.Tensor:
             return -self.teacher.predict_eps_cfg(x_t, t, cond, uncond, self.guidance_scale) / sigma

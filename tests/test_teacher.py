@@ -3,6 +3,7 @@ import torch
 
 from guidance.distillation import GuidanceSpec, ScoreDistillation
 from guidance.estimators import NoisedSample, sds
+from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError, TeacherSpec
 
 CPU = torch.device("cpu")
@@ -59,12 +60,31 @@ def test_sds_gradient_is_the_weighted_noise_residual():
 
 
 def test_score_distillation_samples_timesteps_in_range(teacher):
-    guidance = ScoreDistillation(teacher, GuidanceSpec(min_step_percent=0.2, max_step_percent=0.3), "a vase", "", 7.5)
+    guidance = ScoreDistillation(teacher, GuidanceSpec(min_step_percent=0.2, max_step_percent=0.3), "a vase", "", 7.5,
+                                 ViewPromptSpec())
     images = torch.rand(4, 24, 24, 3, requires_grad=True)
-    out = guidance(images, torch.Generator().manual_seed(0))
+    out = guidance(images, torch.zeros(4), torch.tensor([0.0, 90.0, 180.0, 270.0]), torch.Generator().manual_seed(0))
     assert ((out.timesteps >= 200) & (out.timesteps < 300)).all()
     out.losses["sds"].backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_view_dependent_prompts_pick_the_embedding_of_each_view(teacher):
+    prompts = PromptEmbeddings(teacher.embed_text, "a vase", "ugly", ViewPromptSpec())
+    expected = teacher.embed_text(["a vase, front view", "a vase, back view", "a vase, overhead view"])
+    cond, uncond = prompts(torch.tensor([0.0, 10.0, 75.0]), torch.tensor([10.0, -170.0, 0.0]))
+    torch.testing.assert_close(cond, expected)
+    torch.testing.assert_close(uncond, teacher.embed_text(["ugly"]).expand(3, -1, -1))
+
+
+@pytest.mark.parametrize("elevation, azimuth, view", [
+    (0.0, 0.0, "front"), (0.0, 44.9, "front"), (0.0, -44.9, "front"), (0.0, 45.0, "side"), (0.0, 90.0, "side"),
+    (0.0, 135.0, "side"), (0.0, 135.1, "back"), (0.0, 180.0, "back"), (0.0, -150.0, "back"), (0.0, 330.0, "front"),
+    (60.0, 90.0, "side"), (60.1, 90.0, "overhead"),
+])
+def test_view_labels_at_the_thresholds(elevation, azimuth, view):
+    index = view_index(torch.tensor([elevation]), torch.tensor([azimuth]), ViewPromptSpec())
+    assert VIEWS[index.item()] == view
 
 
 def test_missing_teacher_is_a_clear_error(tmp_path):

@@ -16,6 +16,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from guidance.distillation import GuidanceSpec
+from guidance.prompts import ViewPromptSpec
 from guidance.teacher import TeacherSpec
 from nerf.field import FieldSpec
 from nerf.renderer import RenderSpec
@@ -62,6 +63,7 @@ class Config:
     camera: CameraSpec = field(default_factory=CameraSpec)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     guidance: GuidanceSpec = field(default_factory=GuidanceSpec)
+    views: ViewPromptSpec = field(default_factory=ViewPromptSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     video: TurntableSpec = field(default_factory=TurntableSpec)

@@ -62,7 +62,7 @@ class Trainer:
         torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
         self.field = RadianceField(config.geometry).to(device)
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
-                                          config.teacher.guidance_scale).to(device)
+                                          config.teacher.guidance_scale, config.views).to(device)
         self.optimizer = make_optimizer(self.field, config.optim)
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.metrics = MetricsLog(paths.metrics)
@@ -94,7 +94,7 @@ class Trainer:
         cameras = sample_cameras(spec, self.generator)
         render = render_rays(self.field, cameras.rays(), self.config.render, self.generator)
         images = render.as_images(spec.batch_size, spec.height, spec.width).rgb
-        losses = self.guidance(images, self.generator).losses
+        losses = self.guidance(images, cameras.elevation_deg, cameras.azimuth_deg, self.generator).losses
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         self.optimizer.step()
