@@ -7,6 +7,7 @@ own (no VAE: renders are only resized). epsilon- and v-prediction U-Nets are bot
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -102,7 +103,24 @@ class DiffusionTeacher(nn.Module):
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """x_t: [B, C, h, w], t: [B], text_embeddings: [B, L, D] -> predicted noise [B, C, h, w] (float32)."""
-        output = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text_embeddings.to(self.dtype)).sample.float()
+        with self._adapters_off():
+            output = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text_embeddings.to(self.dtype)).sample
+        return self.output_to_eps(output.float(), x_t, t)
+
+    @contextmanager
+    def _adapters_off(self):
+        """The teacher predicts with the frozen weights alone, also when a fake score's LoRA shares its U-Net."""
+        has_adapters = getattr(self.unet, "_hf_peft_config_loaded", False)
+        if has_adapters:
+            self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            if has_adapters:
+                self.unet.enable_adapters()
+
+    def output_to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The U-Net's raw output (of this teacher's prediction type) as a noise prediction."""
         if self.scheduler.config.prediction_type == "epsilon":
             return output
         if self.scheduler.config.prediction_type == "v_prediction":

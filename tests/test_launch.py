@@ -131,3 +131,28 @@ def test_debug_shows_the_traceback():
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert launch.main(["--resume", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_a_killed_vsd_run_resumes_to_the_same_field_and_fake_score(fast_overrides, tmp_path):
+    run = train([*fast_overrides, "guidance.estimator=vsd", "trainer.max_steps=4", "trainer.checkpoint_every=2",
+                 "export.formats=[ply]"])
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped)
+    (stopped / "checkpoints" / "step0000004.pt").unlink()
+    assert launch.main(["--resume", str(stopped)]) == 0
+    resumed, uninterrupted = (load_checkpoint(list_checkpoints(r / "checkpoints")[-1], torch.device("cpu")) for r in (stopped, run))
+    for part in ("field", "guidance"):
+        flat_resumed, flat_uninterrupted = flatten(resumed[part]), flatten(uninterrupted[part])
+        assert flat_resumed.keys() == flat_uninterrupted.keys() and len(flat_resumed) > 0
+        for name, value in flat_uninterrupted.items():
+            assert torch.equal(flat_resumed[name], value), (part, name)
+
+
+def flatten(state: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

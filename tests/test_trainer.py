@@ -34,8 +34,8 @@ def test_nan_loss_stops_the_run_before_any_checkpoint(fast_overrides, tmp_path):
     config = load_config("configs/tiny.yaml", fast_overrides)
     trainer = make_trainer(config)
 
-    def nan_guidance(images, elevation_deg, azimuth_deg, generator):
-        return GuidanceOutput(losses={"sds": images.sum() * float("nan")}, timesteps=torch.zeros(1))
+    def nan_guidance(views, generator):
+        return GuidanceOutput({"sds": views.images.sum() * float("nan")}, {}, timesteps=torch.zeros(1))
 
     trainer.guidance.forward = nan_guidance
     with pytest.raises(NonFiniteLossError, match="NaN or infinite before step 2"):
@@ -60,3 +60,31 @@ def test_prompt_slug_stays_inside_the_outputs_folder(prompt, slug):
 def test_two_runs_in_the_same_second_get_distinct_folders(tmp_path):
     first, second = (create_run(tmp_path, "cfg", "a vase") for _ in range(2))
     assert first.root != second.root and first.root.parent == second.root.parent
+
+
+def field_and_guidance_snapshot(trainer):
+    teacher_base = {n: p.detach().clone() for n, p in trainer.guidance.teacher.unet.named_parameters() if "fake_score" not in n}
+    return ({n: p.detach().clone() for n, p in trainer.field.named_parameters()},
+            [p.detach().clone() for p in trainer.guidance.trainable_parameters()], teacher_base)
+
+
+@pytest.mark.parametrize("share_unet", [False, True])
+def test_vsd_steps_train_field_and_lora_but_not_the_teacher(fast_overrides, share_unet):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=vsd",
+                                               f"guidance.fake_score.share_unet={share_unet}", "guidance.fake_score.lr=0.01"])
+    trainer = make_trainer(config)
+    x_t, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+    text = trainer.guidance.prompts.conditional[:1]
+    teacher_before = trainer.guidance.teacher.predict_eps(x_t, t, text)
+    field_before, lora_before, teacher_weights = field_and_guidance_snapshot(trainer)
+    for _ in range(2):  # LoRA's A matrices and the camera embedding's first layer move from the second step on
+        losses = trainer.training_step()
+        assert set(losses) == {"vsd", "fake_score"} and all(torch.isfinite(v) for v in losses.values())
+    field_after, lora_after, teacher_weights_after = field_and_guidance_snapshot(trainer)
+    assert any(not torch.equal(field_before[n], field_after[n]) for n in field_before)
+    assert len(lora_before) > 0 and all(not torch.equal(a, b) for a, b in zip(lora_before, lora_after))
+    assert all(torch.equal(teacher_weights[n], teacher_weights_after[n]) for n in teacher_weights)
+    # The teacher's prediction ignores the trained adapters, also when the U-Net is shared.
+    torch.testing.assert_close(trainer.guidance.teacher.predict_eps(x_t, t, text), teacher_before)
+    fake = trainer.guidance.fake_score.predict_eps(x_t, t, text, torch.eye(4).flatten()[None])
+    assert not torch.allclose(fake, teacher_before)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from guidance.distillation import ScoreDistillation
+from guidance.distillation import ScoreDistillation, ViewBatch
 from guidance.teacher import DiffusionTeacher
 from nerf.field import RadianceField
 from nerf.renderer import render_rays
@@ -64,18 +64,26 @@ class Trainer:
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
                                           config.teacher.guidance_scale, config.views).to(device)
         self.optimizer = make_optimizer(self.field, config.optim)
+        guidance_parameters = self.guidance.trainable_parameters()
+        self.guidance_optimizer = torch.optim.AdamW(guidance_parameters, lr=config.guidance.fake_score.lr,
+                                                    weight_decay=0.0) if guidance_parameters else None
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.metrics = MetricsLog(paths.metrics)
         self.step = 0
 
     def state_dict(self) -> dict:
         return {"step": self.step, "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "guidance": self.guidance.trainable_state_dict(),
+                "guidance_optimizer": self.guidance_optimizer.state_dict() if self.guidance_optimizer else None,
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.field.load_state_dict(state["field"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.guidance.load_trainable_state_dict(state["guidance"])
+        if self.guidance_optimizer:
+            self.guidance_optimizer.load_state_dict(state["guidance_optimizer"])
         self.generator.set_state(state["generator"].cpu())
 
     def resume(self) -> None:
@@ -89,17 +97,25 @@ class Trainer:
         log.info("resumed from %s (step %d)", found, self.step)
 
     def training_step(self) -> dict[str, torch.Tensor]:
-        """One optimisation step of the field; returns the named losses (detached)."""
+        """One step of the field and of the guidance's own parameters; returns the named losses (detached)."""
         spec = self.config.camera
         cameras = sample_cameras(spec, self.generator)
         render = render_rays(self.field, cameras.rays(), self.config.render, self.generator)
         images = render.as_images(spec.batch_size, spec.height, spec.width).rgb
-        losses = self.guidance(images, cameras.elevation_deg, cameras.azimuth_deg, self.generator).losses
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
+        out = self.guidance(ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w), self.generator)
+        self._step(self.optimizer, out.generator_losses, list(self.field.parameters()))
+        self._step(self.guidance_optimizer, out.auxiliary_losses, self.guidance.trainable_parameters())
         self.step += 1
-        return {name: loss.detach() for name, loss in losses.items()}
+        return {name: loss.detach() for name, loss in {**out.generator_losses, **out.auxiliary_losses}.items()}
+
+    @staticmethod
+    def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor]) -> None:
+        """Backpropagates ``losses`` into ``parameters`` only, then steps their optimiser (none without losses)."""
+        if not losses:
+            return
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward(inputs=parameters)
+        optimizer.step()
 
     def fit(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Trains up to ``trainer.max_steps``; ``stop_requested`` is polled at each step to end early.

@@ -1,0 +1,99 @@
+"""The fake score: the teacher's U-Net with LoRA adapters, trained to denoise the current renders.
+
+It estimates the student's noisy score ``s_p`` for VSD and the Uni-Instruct family. Optionally it is
+camera-conditioned (the flattened camera-to-world matrix enters through the U-Net's class
+embedding, zero-initialised so training starts from the teacher) and it may share the teacher's
+U-Net: the teacher switches the adapters off whenever it predicts.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from guidance.teacher import DiffusionTeacher
+
+ADAPTER = "fake_score"
+CAMERA_DIM = 16  # a flattened 4 x 4 camera-to-world matrix
+
+
+@dataclass
+class FakeScoreSpec:
+    lora_rank: int = field(default=4, metadata={"range": (1, 512)})
+    lr: float = field(default=1e-4, metadata={"range": (0.0, None)})
+    camera_condition: bool = True
+    condition_drop: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # camera dropped this often
+    share_unet: bool = False  # one U-Net for teacher and fake score: saves memory
+
+
+class FakeScore(nn.Module):
+    def __init__(self, teacher: DiffusionTeacher, spec: FakeScoreSpec):
+        super().__init__()
+        self.spec, self.teacher = spec, teacher
+        self.unet = teacher.unet if spec.share_unet else copy.deepcopy(teacher.unet)
+        self.unet.add_adapter(LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_rank, init_lora_weights="gaussian",
+                                         target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=ADAPTER)
+        for parameter in self.lora_parameters():
+            parameter.data = parameter.data.float()
+        self.camera_embedding = self._zero_camera_embedding() if spec.camera_condition else None
+
+    def _zero_camera_embedding(self) -> TimestepEmbedding:
+        time_embed_dim = self.unet.config.block_out_channels[0] * 4
+        embedding = TimestepEmbedding(CAMERA_DIM, time_embed_dim).to(self.teacher.alphas_cumprod.device)
+        nn.init.zeros_(embedding.linear_2.weight)
+        nn.init.zeros_(embedding.linear_2.bias)
+        return embedding
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.unet.named_parameters() if f".{ADAPTER}." in name]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        camera = list(self.camera_embedding.parameters()) if self.camera_embedding is not None else []
+        return self.lora_parameters() + camera
+
+    def trainable_state_dict(self) -> dict:
+        state = {"lora": get_peft_model_state_dict(self.unet, adapter_name=ADAPTER)}
+        if self.camera_embedding is not None:
+            state["camera_embedding"] = self.camera_embedding.state_dict()
+        return state
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        set_peft_model_state_dict(self.unet, state["lora"], adapter_name=ADAPTER)
+        if self.camera_embedding is not None:
+            self.camera_embedding.load_state_dict(state["camera_embedding"])
+
+    @contextmanager
+    def _with_camera_embedding(self):
+        """The U-Net with the camera embedding as its class embedding; the teacher never sees it."""
+        self.unet.class_embedding = self.camera_embedding
+        try:
+            yield self.unet
+        finally:
+            self.unet.class_embedding = None
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
+                    camera: torch.Tensor) -> torch.Tensor:
+        """x_t: [B, C, h, w], t: [B], text_embeddings: [B, L, D], camera: [B, 16] -> noise [B, C, h, w] (float32)."""
+        dtype = self.teacher.dtype
+        class_labels = camera.to(dtype) if self.camera_embedding is not None else None
+        with self._with_camera_embedding() as unet:
+            output = unet(x_t.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype), class_labels=class_labels).sample
+        return self.teacher.output_to_eps(output.float(), x_t, t)
+
+    def denoising_loss(self, x0: torch.Tensor, text_embeddings: torch.Tensor, camera: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor:
+        """The diffusion loss on detached renders x0 [B, C, h, w], t uniform over the teacher's range."""
+        x0 = x0.detach()
+        batch = x0.shape[0]
+        t = torch.randint(0, self.teacher.num_train_timesteps, (batch,), generator=generator, device=generator.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+        alpha, sigma = self.teacher.alpha_sigma(t)
+        keep = torch.rand(batch, 1, generator=generator, device=x0.device) >= self.spec.condition_drop
+        eps_hat = self.predict_eps(alpha * x0 + sigma * eps, t, text_embeddings, camera * keep)
+        return ((eps_hat - eps) ** 2).mean()
