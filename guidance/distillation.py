@@ -1,5 +1,13 @@
-"""Turns rendered views into distillation losses: encode, noise, score with the teacher (and the
-fake score), estimate. Also returns the fake score's own training loss."""
+"""Turns rendered views into distillation losses: encode, noise, score with the teacher, the fake
+score and the discriminator, estimate. Also returns the losses that train the fake score and the
+discriminator.
+
+Time weighting puts every estimator on the scale of its classic form, as a gradient on ``x_0``:
+DI-type estimators (SDS, VSD, f-distill) get ``sigma^3 / alpha`` in score units, i.e. DreamFusion's
+``w(t) = sigma_t^2`` on the noise residual; Uni-Instruct's surrogate gets ``sigma^4 / (2 alpha^2)``,
+which makes its reverse-KL case SiD at alpha = 1/2; SiD is already in x0 units. With
+``normalize_per_sample`` each sample is further divided by SiD's ``mean |x_0 - f_teacher|``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,26 +15,61 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from guidance.estimators import NoisedSample, sds, vsd
-from guidance.fake_score import FakeScore, FakeScoreSpec
-from guidance.prompts import PromptEmbeddings, ViewPromptSpec
+from guidance import estimators
+from guidance.discriminator import DiscriminatorHead, DiscriminatorSpec, adversarial_loss, discriminator_loss
+from guidance.divergences import DIVERGENCES, get_divergence
+from guidance.estimators import NoisedSample, RatioSpec
+from guidance.fake_score import FakePrediction, FakeScore, FakeScoreSpec
+from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index, view_prompt
+from guidance.sample_bank import SampleBankSpec, load_or_sample_bank
+from guidance.schedules import Ramp, SwitchSpec
 from guidance.teacher import DiffusionTeacher
 
-ESTIMATORS = ("sds", "vsd")
-NEEDS_FAKE_SCORE = ("vsd",)
+ESTIMATORS = ("uni-instruct", "f-distill", "vsd", "sds", "sid")
+NEEDS_FAKE_SCORE = {"uni-instruct", "f-distill", "vsd", "sid"}
+NEEDS_RATIO = {"uni-instruct", "f-distill"}
+QUADRATIC = {"uni-instruct"}
 
 
 @dataclass
 class GuidanceSpec:
     estimator: str = field(default="sds", metadata={"choices": ESTIMATORS})
-    min_step_percent: float = field(default=0.02, metadata={"range": (0.0, 1.0)})
-    max_step_percent: float = field(default=0.98, metadata={"range": (0.0, 1.0)})
-    weight: float = field(default=1.0, metadata={"range": (0.0, None)})
+    divergence: str = field(default="fkl", metadata={"choices": tuple(DIVERGENCES)})
+    alpha_sid: float = 1.2
+    switch: SwitchSpec = field(default_factory=SwitchSpec)
+    min_step_percent: Ramp = field(default_factory=lambda: Ramp(0.02))
+    max_step_percent: Ramp = field(default_factory=lambda: Ramp(0.98))
+    weight: Ramp = field(default_factory=lambda: Ramp(1.0))
+    adversarial_weight: Ramp = field(default_factory=lambda: Ramp(0.0))
+    normalize_per_sample: bool = False
+    gradient_checkpointing: bool = False
+    ratio: RatioSpec = field(default_factory=RatioSpec)
     fake_score: FakeScoreSpec = field(default_factory=FakeScoreSpec)
+    discriminator: DiscriminatorSpec = field(default_factory=DiscriminatorSpec)
+    sample_bank: SampleBankSpec = field(default_factory=SampleBankSpec)
 
     def __post_init__(self):
-        if self.min_step_percent > self.max_step_percent:
-            raise ValueError(f"min_step_percent ({self.min_step_percent}) must not exceed max_step_percent ({self.max_step_percent})")
+        for name in ("min_step_percent", "max_step_percent"):
+            ramp = getattr(self, name)
+            if not all(0.0 <= value <= 1.0 for value in (ramp.start, ramp.end) if value is not None):
+                raise ValueError(f"guidance.{name} must stay within [0, 1], got start={ramp.start}, end={ramp.end}")
+        for name, allowed in (("estimator", ESTIMATORS), ("divergence", tuple(DIVERGENCES))):
+            value = getattr(self.switch, name)
+            if value and value not in allowed:
+                raise ValueError(f"switch.{name} = {value!r} is not one of {list(allowed)}")
+
+    def estimator_at(self, step: int) -> str:
+        return self.switch.estimator if self.switch.estimator and 0 <= self.switch.step <= step else self.estimator
+
+    def divergence_at(self, step: int) -> str:
+        return self.switch.divergence if self.switch.divergence and 0 <= self.switch.step <= step else self.divergence
+
+    def estimators_used(self) -> set[str]:
+        return {self.estimator, self.switch.estimator} - {""}
+
+    def uses_discriminator(self) -> bool:
+        adversarial = self.adversarial_weight.start > 0 or (self.adversarial_weight.end or 0) > 0
+        return adversarial or bool(self.estimators_used() & NEEDS_RATIO)
 
 
 @dataclass
@@ -42,57 +85,154 @@ class ViewBatch:
 @dataclass
 class GuidanceOutput:
     generator_losses: dict[str, torch.Tensor]  # named and weighted; their sum trains the 3D parameters
-    auxiliary_losses: dict[str, torch.Tensor]  # their sum trains the guidance's own parameters (fake score)
+    auxiliary_losses: dict[str, torch.Tensor]  # their sum trains the guidance's own parameters
     timesteps: torch.Tensor  # [B] the sampled teacher timesteps
 
 
 class ScoreDistillation(nn.Module):
-    """Holds the teacher, the prompt's embeddings (computed once) and, for VSD, the fake score."""
+    """The teacher, the prompt's embeddings (computed once) and, as the estimators need them, the
+    LoRA fake score, the discriminator head and the teacher sample bank."""
 
     def __init__(self, teacher: DiffusionTeacher, spec: GuidanceSpec, prompt: str, negative_prompt: str,
                  guidance_scale: float, views: ViewPromptSpec):
         super().__init__()
-        self.teacher, self.spec, self.guidance_scale = teacher, spec, guidance_scale
+        self.teacher, self.spec, self.guidance_scale, self.views = teacher, spec, guidance_scale, views
         self.prompts = PromptEmbeddings(teacher.embed_text, prompt, negative_prompt, views)
-        self.fake_score = FakeScore(teacher, spec.fake_score) if spec.estimator in NEEDS_FAKE_SCORE else None
+        needs_fake = bool(spec.estimators_used() & NEEDS_FAKE_SCORE) or spec.uses_discriminator()
+        self.fake_score = FakeScore(teacher, spec.fake_score) if needs_fake else None
+        self.discriminator = None
+        if spec.uses_discriminator():
+            bottleneck_channels = teacher.unet.config.block_out_channels[-1]
+            self.discriminator = DiscriminatorHead(bottleneck_channels, spec.discriminator).to(teacher.alphas_cumprod.device)
+            variants = [view_prompt(prompt, v) for v in VIEWS] if views.enabled else [prompt]
+            bank = load_or_sample_bank(teacher, teacher.name, variants, negative_prompt, spec.sample_bank)
+            self.register_buffer("sample_bank", bank, persistent=False)  # [V, N, C, h, w]
+        if spec.gradient_checkpointing:
+            teacher.unet.enable_gradient_checkpointing()
+            if self.fake_score is not None:
+                self.fake_score.unet.enable_gradient_checkpointing()
+
+    def parameter_groups(self) -> list[dict]:
+        """The guidance's trainable parameters, grouped with their learning rates."""
+        groups = []
+        if self.fake_score is not None:
+            groups.append({"params": self.fake_score.trainable_parameters(), "lr": self.spec.fake_score.lr})
+        if self.discriminator is not None:
+            groups.append({"params": list(self.discriminator.parameters()), "lr": self.spec.discriminator.lr})
+        return groups
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return self.fake_score.trainable_parameters() if self.fake_score is not None else []
+        return [p for group in self.parameter_groups() for p in group["params"]]
 
     def trainable_state_dict(self) -> dict:
-        return {"fake_score": self.fake_score.trainable_state_dict()} if self.fake_score is not None else {}
+        state = {}
+        if self.fake_score is not None:
+            state["fake_score"] = self.fake_score.trainable_state_dict()
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+        return state
 
     def load_trainable_state_dict(self, state: dict) -> None:
         if self.fake_score is not None:
             self.fake_score.load_trainable_state_dict(state["fake_score"])
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
 
-    def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_timesteps(self, batch: int, step: int, generator: torch.Generator) -> torch.Tensor:
         n = self.teacher.num_train_timesteps
-        low, high = int(self.spec.min_step_percent * n), int(self.spec.max_step_percent * n)
+        low, high = int(self.spec.min_step_percent.at(step) * n), int(self.spec.max_step_percent.at(step) * n)
         return torch.randint(low, max(high, low + 1), (batch,), generator=generator, device=generator.device)
 
-    def forward(self, views: ViewBatch, generator: torch.Generator) -> GuidanceOutput:
-        """generator draws t and eps (on the images' device)."""
+    def forward(self, views: ViewBatch, step: int, generator: torch.Generator) -> GuidanceOutput:
+        """The losses at training step ``step``; generator draws t and eps (on the images' device)."""
         x0 = self.teacher.encode(views.images.permute(0, 3, 1, 2)).float()
-        batch = x0.shape[0]
-        t = self.sample_timesteps(batch, generator)
+        t = self.sample_timesteps(x0.shape[0], step, generator)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
         sample = NoisedSample(x0, eps, alpha, sigma)
         cond, uncond = self.prompts(views.elevation_deg, views.azimuth_deg)
         camera = views.c2w.flatten(1)
+        fake = self._cached_fake_prediction(t, cond, camera)
 
         def teacher_score(x_t: torch.Tensor) -> torch.Tensor:
             return -self.teacher.predict_eps_cfg(x_t, t, cond, uncond, self.guidance_scale) / sigma
 
         def fake_score(x_t: torch.Tensor) -> torch.Tensor:
-            return -self.fake_score.predict_eps(x_t, t, cond, camera) / sigma
+            return -fake(x_t).eps / sigma
 
-        # DreamFusion's and ProlificDreamer's weighting, w(t) = sigma_t^2 on the noise residual: the
-        # gradient on x_0 is w(t) (eps_teacher - eps_other). In score units: sigma^2 * sigma / alpha.
-        weight = (sigma**3 / alpha).flatten()
-        if self.spec.estimator == "sds":
-            return GuidanceOutput({"sds": self.spec.weight * sds(sample, teacher_score, weight)}, {}, t)
-        loss = vsd(sample, teacher_score, fake_score, weight)
-        fake_loss = self.fake_score.denoising_loss(x0, cond, camera, generator)
-        return GuidanceOutput({"vsd": self.spec.weight * loss}, {"fake_score": fake_loss}, t)
+        def logit(x_t: torch.Tensor) -> torch.Tensor:
+            return self.discriminator(fake(x_t).bottleneck)
+
+        name = self.spec.estimator_at(step)
+        weight = self._time_weight(name, sample, teacher_score)
+        divergence = get_divergence(self.spec.divergence_at(step))
+        if name == "sds":
+            loss = estimators.sds(sample, teacher_score, weight)
+        elif name == "vsd":
+            loss = estimators.vsd(sample, teacher_score, fake_score, weight)
+        elif name == "sid":
+            loss = estimators.sid(sample, teacher_score, fake_score, self.spec.alpha_sid, weight)
+        else:
+            estimator = estimators.uni_instruct if name == "uni-instruct" else estimators.f_distill
+            loss = estimator(sample, teacher_score, fake_score, logit, divergence, weight, self.spec.ratio)
+        generator_losses = {name: self.spec.weight.at(step) * loss}
+        adversarial_weight = self.spec.adversarial_weight.at(step)
+        if adversarial_weight > 0:
+            generator_losses["adversarial"] = adversarial_weight * adversarial_loss(logit(sample.x_t))
+        auxiliary = self._auxiliary_losses(x0.detach(), views, cond, camera, generator) if self.fake_score else {}
+        return GuidanceOutput(generator_losses, auxiliary, t)
+
+    def _cached_fake_prediction(self, t: torch.Tensor, cond: torch.Tensor, camera: torch.Tensor):
+        """The fake U-Net at a given x_t, run once however many of its outputs (eps, logit) are asked for."""
+        cache: dict[str, object] = {}
+
+        def predict(x_t: torch.Tensor) -> FakePrediction:
+            if cache.get("x_t") is not x_t:
+                cache.update(x_t=x_t, prediction=self.fake_score.predict(x_t, t, cond, camera))
+            return cache["prediction"]
+
+        return predict
+
+    def _time_weight(self, estimator: str, sample: NoisedSample, teacher_score) -> torch.Tensor:
+        """[B] weights that put each estimator on its classic x0-gradient scale (module docstring)."""
+        alpha, sigma = sample.alpha.flatten(), sample.sigma.flatten()
+        if estimator in QUADRATIC:
+            weight = sigma**4 / (2 * alpha**2)
+        elif estimator == "sid":
+            weight = torch.ones_like(sigma)
+        else:
+            weight = sigma**3 / alpha
+        if self.spec.normalize_per_sample:
+            with torch.no_grad():
+                x_t = sample.x_t.detach()
+                f_teacher = (x_t + sample.sigma**2 * teacher_score(x_t)) / sample.alpha
+                weight = weight / (sample.x0.detach() - f_teacher).abs().flatten(1).mean(1).clamp_min(1e-8)
+        return weight
+
+    def _auxiliary_losses(self, x0: torch.Tensor, views: ViewBatch, cond: torch.Tensor, camera: torch.Tensor,
+                          generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Denoising loss of the fake score on the detached renders and, with a discriminator, its GAN
+        loss against teacher samples of the same views. Both share one fake-U-Net call on the renders."""
+        batch = x0.shape[0]
+        t = torch.randint(0, self.teacher.num_train_timesteps, (batch,), generator=generator, device=generator.device)
+        alpha, sigma = self.teacher.alpha_sigma(t)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+        keep = torch.rand(batch, 1, generator=generator, device=x0.device) >= self.spec.fake_score.condition_drop
+        camera = camera * keep
+        on_renders = self.fake_score.predict(alpha * x0 + sigma * eps, t, cond, camera)
+        losses = {"fake_score": ((on_renders.eps - eps) ** 2).mean()}
+        if self.discriminator is not None:
+            real_x0 = self._real_samples(views, generator)
+            real_eps = torch.randn(real_x0.shape, generator=generator, device=x0.device)
+            on_real = self.fake_score.predict(alpha * real_x0 + sigma * real_eps, t, cond, camera)
+            losses["discriminator"] = discriminator_loss(self.discriminator(on_real.bottleneck),
+                                                         self.discriminator(on_renders.bottleneck))
+        return losses
+
+    def _real_samples(self, views: ViewBatch, generator: torch.Generator) -> torch.Tensor:
+        """One bank sample per view, of the same view-dependent prompt: [B, C, h, w]."""
+        batch = views.elevation_deg.shape[0]
+        variant = view_index(views.elevation_deg, views.azimuth_deg, self.views) if self.views.enabled else \
+            torch.zeros(batch, dtype=torch.long, device=views.elevation_deg.device)
+        pick = torch.randint(0, self.sample_bank.shape[1], (batch,), generator=generator, device=generator.device)
+        return self.sample_bank[variant, pick.to(variant.device)]

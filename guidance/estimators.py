@@ -12,7 +12,8 @@ Every function returns the batch mean of per-sample losses, each multiplied by i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -28,6 +29,7 @@ class NoisedSample:
     """The forward process at one draw: ``x_t = alpha * x0 + sigma * eps``.
 
     x0, eps: [B, ...] (x0 carries the generator's graph); alpha, sigma: [B, 1, ...], broadcastable.
+    ``x_t`` is built once, so every callable given it sees the same tensor (and may cache on it).
     """
 
     x0: torch.Tensor
@@ -35,7 +37,7 @@ class NoisedSample:
     alpha: torch.Tensor
     sigma: torch.Tensor
 
-    @property
+    @cached_property
     def x_t(self) -> torch.Tensor:
         return self.alpha * self.x0 + self.sigma * self.eps
 
@@ -46,10 +48,10 @@ class NoisedSample:
 
 @dataclass
 class RatioSpec:
-    """How the discriminator's logit becomes the density ratio. None disables a clamp."""
+    """How the discriminator's logit becomes the density ratio: [low, high] clamps, None for none."""
 
-    logit_clamp: tuple[float, float] | None = (-10.0, 10.0)
-    ratio_clamp: tuple[float, float] | None = (0.1, 20.0)
+    logit_clamp: list[float] | None = field(default_factory=lambda: [-10.0, 10.0])
+    ratio_clamp: list[float] | None = field(default_factory=lambda: [0.1, 20.0])
     normalize: bool = False  # divide h (and r h') by the batch mean of h
 
 
@@ -95,16 +97,16 @@ def di_type(sample: NoisedSample, y: torch.Tensor, h: torch.Tensor, weight: torc
 
 def sds(sample: NoisedSample, teacher_score: Score, weight: torch.Tensor) -> torch.Tensor:
     """DreamFusion: VSD with the fake score replaced by the conditional score of the drawn noise, -eps / sigma."""
+    x_t = sample.x_t.detach()  # built (and cached) with the generator's graph; scored without it
     with torch.no_grad():
-        x_t = sample.x_t
         y = sample.conditional_score(x_t) - teacher_score(x_t)
     return di_type(sample, y, torch.ones_like(weight), weight)
 
 
 def vsd(sample: NoisedSample, teacher_score: Score, fake_score: Score, weight: torch.Tensor) -> torch.Tensor:
     """ProlificDreamer's variational score distillation: Grad(DI) with h = 1 (reverse KL)."""
+    x_t = sample.x_t.detach()  # built (and cached) with the generator's graph; scored without it
     with torch.no_grad():
-        x_t = sample.x_t
         y = fake_score(x_t) - teacher_score(x_t)
     return di_type(sample, y, torch.ones_like(weight), weight)
 
@@ -112,8 +114,8 @@ def vsd(sample: NoisedSample, teacher_score: Score, fake_score: Score, weight: t
 def f_distill(sample: NoisedSample, teacher_score: Score, fake_score: Score, logit: Logit, divergence: Divergence,
               weight: torch.Tensor, ratio_spec: RatioSpec) -> torch.Tensor:
     """f-distill: Grad(DI) weighted by h(r), the gradient of D_f(q_t || p_t) at this t."""
+    x_t = sample.x_t.detach()  # built (and cached) with the generator's graph; scored without it
     with torch.no_grad():
-        x_t = sample.x_t
         y = fake_score(x_t) - teacher_score(x_t)
         h, _ = divergence_weights(divergence, density_ratio(logit(x_t), ratio_spec), ratio_spec)
     return di_type(sample, y, h, weight)

@@ -32,6 +32,12 @@ class FakeScoreSpec:
     share_unet: bool = False  # one U-Net for teacher and fake score: saves memory
 
 
+@dataclass
+class FakePrediction:
+    eps: torch.Tensor  # [B, C, h, w] predicted noise (float32)
+    bottleneck: torch.Tensor  # [B, C_mid, h', w'] the U-Net's mid-block output, the discriminator's input
+
+
 class FakeScore(nn.Module):
     def __init__(self, teacher: DiffusionTeacher, spec: FakeScoreSpec):
         super().__init__()
@@ -77,23 +83,20 @@ class FakeScore(nn.Module):
         finally:
             self.unet.class_embedding = None
 
-    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
-                    camera: torch.Tensor) -> torch.Tensor:
-        """x_t: [B, C, h, w], t: [B], text_embeddings: [B, L, D], camera: [B, 16] -> noise [B, C, h, w] (float32)."""
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
+                camera: torch.Tensor) -> FakePrediction:
+        """x_t: [B, C, h, w], t: [B], text_embeddings: [B, L, D], camera: [B, 16] (zeros: unconditional)."""
         dtype = self.teacher.dtype
         class_labels = camera.to(dtype) if self.camera_embedding is not None else None
-        with self._with_camera_embedding() as unet:
-            output = unet(x_t.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype), class_labels=class_labels).sample
-        return self.teacher.output_to_eps(output.float(), x_t, t)
+        captured = {}
+        hook = self.unet.mid_block.register_forward_hook(lambda module, args, output: captured.update(bottleneck=output))
+        try:
+            with self._with_camera_embedding() as unet:
+                output = unet(x_t.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype), class_labels=class_labels).sample
+        finally:
+            hook.remove()
+        return FakePrediction(self.teacher.output_to_eps(output.float(), x_t, t), captured["bottleneck"].float())
 
-    def denoising_loss(self, x0: torch.Tensor, text_embeddings: torch.Tensor, camera: torch.Tensor,
-                       generator: torch.Generator) -> torch.Tensor:
-        """The diffusion loss on detached renders x0 [B, C, h, w], t uniform over the teacher's range."""
-        x0 = x0.detach()
-        batch = x0.shape[0]
-        t = torch.randint(0, self.teacher.num_train_timesteps, (batch,), generator=generator, device=generator.device)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
-        alpha, sigma = self.teacher.alpha_sigma(t)
-        keep = torch.rand(batch, 1, generator=generator, device=x0.device) >= self.spec.condition_drop
-        eps_hat = self.predict_eps(alpha * x0 + sigma * eps, t, text_embeddings, camera * keep)
-        return ((eps_hat - eps) ** 2).mean()
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
+                    camera: torch.Tensor) -> torch.Tensor:
+        return self.predict(x_t, t, text_embeddings, camera).eps

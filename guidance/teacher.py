@@ -34,8 +34,9 @@ class DiffusionTeacher(nn.Module):
     """Frozen U-Net, text encoder and (for latent teachers) VAE, with the noise schedule they were trained on."""
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 scheduler: DDPMScheduler, vae: AutoencoderKL | None):
+                 scheduler: DDPMScheduler, vae: AutoencoderKL | None, name: str = ""):
         super().__init__()
+        self.name = name  # the hub id or folder it was loaded from
         self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.requires_grad_(False).eval()
@@ -54,6 +55,7 @@ class DiffusionTeacher(nn.Module):
                 tokenizer=CLIPTokenizer.from_pretrained(**load, subfolder="tokenizer"),
                 scheduler=DDPMScheduler.from_pretrained(**load, subfolder="scheduler"),
                 vae=AutoencoderKL.from_pretrained(**load, subfolder="vae") if components.get("vae", [None])[0] else None,
+                name=os.path.abspath(name) if os.path.isdir(name) else name,
             )
         except OSError as error:
             where = "the folder exists but is not a complete diffusers pipeline" if os.path.isdir(name) else (

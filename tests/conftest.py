@@ -32,4 +32,6 @@ def fast_overrides(tiny_teacher, tmp_path) -> list[str]:
         "geometry.hidden_dim=16", "render.samples_per_ray=16", "camera.height=16", "camera.width=16",
         "trainer.max_steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.checkpoint_every=3",
         "trainer.val_views=2", "trainer.val_resolution=16", "video.frames=4", "video.resolution=32", "export.resolution=32",
+        f"guidance.sample_bank.cache_dir={tmp_path / 'sample-bank'}", "guidance.sample_bank.samples_per_view=2",
+        "guidance.sample_bank.steps=2", "guidance.discriminator.hidden_channels=8",
     ]

@@ -27,7 +27,7 @@ def test_overrides_are_merged_and_typed():
     ("geometry.grid.n_level=4", "did you mean 'geometry.grid.n_levels'?"),
     ("trainer.max_steps=many", "bad value for config key 'trainer.max_steps'"),
     ("trainer.max_steps=0", "trainer.max_steps = 0 is out of range: it must be >= 1"),
-    ("guidance.max_step_percent=1.5", "guidance.max_step_percent = 1.5 is out of range"),
+    ("guidance.max_step_percent.start=1.5", "guidance.max_step_percent must stay within [0, 1], got start=1.5"),
     ("guidance.estimator=magic", "guidance.estimator = 'magic' is not one of"),
     ("camera.elevation_deg=[30,10]", "camera.elevation_deg must be a [low, high] pair"),
     ("prompt='  '", "the prompt is empty"),

@@ -3,6 +3,7 @@ import torch
 
 from guidance.distillation import GuidanceSpec, ScoreDistillation, ViewBatch
 from guidance.estimators import NoisedSample, sds
+from guidance.schedules import Ramp
 from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError, TeacherSpec
 
@@ -60,11 +61,11 @@ def test_sds_gradient_is_the_weighted_noise_residual():
 
 
 def test_score_distillation_samples_timesteps_in_range(teacher):
-    guidance = ScoreDistillation(teacher, GuidanceSpec(min_step_percent=0.2, max_step_percent=0.3), "a vase", "", 7.5,
+    guidance = ScoreDistillation(teacher, GuidanceSpec(min_step_percent=Ramp(0.2), max_step_percent=Ramp(0.3)), "a vase", "", 7.5,
                                  ViewPromptSpec())
     images = torch.rand(4, 24, 24, 3, requires_grad=True)
     views = ViewBatch(images, torch.zeros(4), torch.tensor([0.0, 90.0, 180.0, 270.0]), torch.eye(4).repeat(4, 1, 1))
-    out = guidance(views, torch.Generator().manual_seed(0))
+    out = guidance(views, 0, torch.Generator().manual_seed(0))
     assert ((out.timesteps >= 200) & (out.timesteps < 300)).all()
     out.generator_losses["sds"].backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0

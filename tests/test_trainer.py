@@ -34,7 +34,7 @@ def test_nan_loss_stops_the_run_before_any_checkpoint(fast_overrides, tmp_path):
     config = load_config("configs/tiny.yaml", fast_overrides)
     trainer = make_trainer(config)
 
-    def nan_guidance(views, generator):
+    def nan_guidance(views, step, generator):
         return GuidanceOutput({"sds": views.images.sum() * float("nan")}, {}, timesteps=torch.zeros(1))
 
     trainer.guidance.forward = nan_guidance

@@ -3,7 +3,6 @@ looks at the origin; azimuth 0 sits on +x, azimuth 90 on +y; elevation is measur
 xy-plane. Angles in the specs are in degrees."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -55,9 +54,9 @@ class CameraBatch:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
-    def __getitem__(self, index: int) -> "CameraBatch":
-        """The single camera ``index`` as a batch of one."""
-        pick = slice(index, index + 1)
+    def __getitem__(self, index: int | slice) -> "CameraBatch":
+        """Cameras ``index`` as a batch (of one for an integer)."""
+        pick = slice(index, index + 1) if isinstance(index, int) else index
         return CameraBatch(self.c2w[pick], self.fovy[pick], self.elevation_deg[pick], self.azimuth_deg[pick],
                            self.distance[pick], self.height, self.width)
 

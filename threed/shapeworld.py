@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,7 @@ import torch
 import trimesh
 from tqdm import tqdm
 
+from guidance.prompts import VIEWS, ViewPromptSpec, view_index, view_prompt
 from nerf.rays import Rays, intersect_box
 from threed.cameras import CameraBatch, CameraSpec, sample_cameras
 
@@ -119,13 +120,14 @@ _VASE_LIPSCHITZ = math.hypot(1.0, 0.12 * math.pi / (2 * VASE_HALF_HEIGHT))
 def vase_distance(points: torch.Tensor) -> torch.Tensor:
     """Capped solid of revolution about z with radius ``vase_radius(z)``. [N, 3] -> [N].
 
-    Not exact: a signed lower bound of the distance (|value| <= true distance, same sign, exact zero
-    set), from dividing the radial excess by its Lipschitz constant. Sphere tracing stays safe with it
-    and marching cubes places the surface where the exact distance would.
+    Not exact but a tight signed lower bound: same sign and zero set as the exact distance, and
+    true distance / _VASE_LIPSCHITZ <= |value| <= true distance (about 0.88 to 1). It is the capped
+    cylinder's formula with the radial excess divided by its Lipschitz constant. Sphere tracing stays
+    safe with it, and marching cubes places the surface where the exact distance would.
     """
     rho, z = _radial(points)
     radial_excess = rho - vase_radius(z.clamp(-VASE_HALF_HEIGHT, VASE_HALF_HEIGHT))
-    return torch.maximum(radial_excess / _VASE_LIPSCHITZ, z.abs() - VASE_HALF_HEIGHT)
+    return _box_distance(torch.stack([radial_excess / _VASE_LIPSCHITZ, z.abs() - VASE_HALF_HEIGHT], dim=-1))
 
 
 SIGNED_DISTANCES: dict[str, SignedDistance] = {
@@ -248,42 +250,20 @@ def render_shape(shape: str, colour: str, cameras: CameraBatch) -> torch.Tensor:
 # Views and captions
 # ---------------------------------------------------------------------------------------------
 
-VIEWS = ("front", "side", "back", "overhead")
+# The prompt processor's thresholds, but for overhead: threestudio's 60 degrees is the top of the
+# data set's elevation range, so no image would be overhead. ShapeWorld configs use these too.
+SHAPEWORLD_VIEWS = ViewPromptSpec(overhead_threshold_deg=50.0)
 
 
-@dataclass(frozen=True)
-class ViewThresholds:
-    """threestudio's view-dependent prompting: overhead when elevation > overhead_elevation_deg (this
-    wins); else front when |azimuth| < front_azimuth_deg, back when |azimuth| > back_azimuth_deg, side
-    otherwise, with azimuth wrapped to [-180, 180). threestudio's overhead threshold is 60 degrees,
-    the top of the data set's elevation range, so no image would be overhead: ShapeWorld uses 50."""
-
-    overhead_elevation_deg: float = 50.0
-    front_azimuth_deg: float = 45.0
-    back_azimuth_deg: float = 135.0
-
-
-def view_indices(elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor,
-                 thresholds: ViewThresholds = ViewThresholds()) -> torch.Tensor:
-    """Indices into VIEWS [B] (int64) of cameras with elevations and azimuths [B] in degrees."""
-    azimuth = torch.remainder(azimuth_deg + 180.0, 360.0) - 180.0
-    index = torch.full_like(azimuth, VIEWS.index("side"), dtype=torch.long)
-    index[azimuth.abs() < thresholds.front_azimuth_deg] = VIEWS.index("front")
-    index[azimuth.abs() > thresholds.back_azimuth_deg] = VIEWS.index("back")
-    index[elevation_deg > thresholds.overhead_elevation_deg] = VIEWS.index("overhead")
-    return index
-
-
-def view_label(elevation_deg: float, azimuth_deg: float, thresholds: ViewThresholds = ViewThresholds()) -> str:
+def view_label(elevation_deg: float, azimuth_deg: float, spec: ViewPromptSpec = SHAPEWORLD_VIEWS) -> str:
     """"front", "side", "back" or "overhead" for one camera (angles in degrees)."""
-    index = view_indices(torch.tensor([float(elevation_deg)]), torch.tensor([float(azimuth_deg)]), thresholds)
-    return VIEWS[int(index)]
+    return VIEWS[int(view_index(torch.tensor([float(elevation_deg)]), torch.tensor([float(azimuth_deg)]), spec))]
 
 
 def caption(shape: str, colour: str, view: str | None = None) -> str:
     """"a red cube", or with a view "a red cube, front view"."""
     prompt = f"a {colour} {shape}"
-    return prompt if view is None else f"{prompt}, {view} view"
+    return prompt if view is None else view_prompt(prompt, view)
 
 
 PROMPTS = tuple(caption(shape, colour) for shape in SHAPES for colour in COLOURS)  # shape-major, 36
@@ -296,13 +276,6 @@ PROMPTS = tuple(caption(shape, colour) for shape in SHAPES for colour in COLOURS
 def sample_dataset_cameras(n: int, generator: torch.Generator) -> CameraBatch:
     """``n`` cameras of 64 x 64 pixels from the data set's distribution, on the generator's device."""
     return sample_cameras(replace(DATASET_CAMERAS, batch_size=n), generator)
-
-
-def _camera_rows(cameras: CameraBatch, rows: slice) -> CameraBatch:
-    """The cameras ``rows`` of a batch, as a batch."""
-    per_camera = {f.name: getattr(cameras, f.name)[rows] for f in fields(cameras)
-                  if isinstance(getattr(cameras, f.name), torch.Tensor)}
-    return replace(cameras, **per_camera)
 
 
 def generate_dataset(n_per_prompt: int, seed: int, chunk_size: int = 96, show_progress: bool = False) -> dict:
@@ -318,7 +291,7 @@ def generate_dataset(n_per_prompt: int, seed: int, chunk_size: int = 96, show_pr
     cameras = sample_dataset_cameras(len(SHAPES) * per_shape, torch.Generator().manual_seed(seed))
     shape_index = torch.arange(len(SHAPES)).repeat_interleave(per_shape)
     colour_index = torch.arange(len(COLOURS)).repeat_interleave(n_per_prompt).repeat(len(SHAPES))
-    view_index = view_indices(cameras.elevation_deg, cameras.azimuth_deg)
+    views = view_index(cameras.elevation_deg, cameras.azimuth_deg, SHAPEWORLD_VIEWS)
     albedo = torch.tensor([ALBEDOS[colour] for colour in COLOURS])[colour_index]  # [N, 3]
     images, masks = [], []
     with tqdm(total=len(cameras), unit="image", disable=not show_progress) as progress:
@@ -326,7 +299,7 @@ def generate_dataset(n_per_prompt: int, seed: int, chunk_size: int = 96, show_pr
             shape_end = (shape_number + 1) * per_shape
             for start in range(shape_number * per_shape, shape_end, chunk_size):
                 rows = slice(start, min(start + chunk_size, shape_end))
-                image, mask = render_sdf(SIGNED_DISTANCES[shape], albedo[rows], _camera_rows(cameras, rows))
+                image, mask = render_sdf(SIGNED_DISTANCES[shape], albedo[rows], cameras[rows])
                 images.append((image * 255.0).round().to(torch.uint8))
                 masks.append(mask)
                 progress.update(len(image))
@@ -334,10 +307,10 @@ def generate_dataset(n_per_prompt: int, seed: int, chunk_size: int = 96, show_pr
         "images": torch.cat(images).numpy(),
         "masks": torch.cat(masks).numpy(),
         "captions": [caption(SHAPES[s], COLOURS[c], VIEWS[v])
-                     for s, c, v in zip(shape_index.tolist(), colour_index.tolist(), view_index.tolist())],
+                     for s, c, v in zip(shape_index.tolist(), colour_index.tolist(), views.tolist())],
         "shape_index": shape_index.numpy(),
         "colour_index": colour_index.numpy(),
-        "view_index": view_index.numpy(),
+        "view_index": views.numpy(),
         "shape_names": list(SHAPES),
         "colour_names": list(COLOURS),
         "view_names": list(VIEWS),
@@ -363,13 +336,18 @@ def write_npz_atomically(path: Path, arrays: dict) -> None:
 
 def ground_truth_mesh(shape: str, resolution: int = 128) -> trimesh.Trimesh:
     """The canon surface of ``shape`` in world units, by marching cubes of its signed distance sampled on a
-    ``resolution``^3 grid over the scene box [-0.5, 0.5]^3; outward-facing triangles."""
+    ``resolution``^3 grid over the scene box [-0.5, 0.5]^3: closed, with outward-facing triangles."""
     axis = torch.linspace(-SCENE_HALF_EXTENT, SCENE_HALF_EXTENT, resolution, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)  # [R, R, R, 3]
     distance = SIGNED_DISTANCES[shape](grid.reshape(-1, 3)).reshape(grid.shape[:3])
     vertices, faces = mcubes.marching_cubes(distance.numpy(), 0.0)
     vertices = vertices * (2 * SCENE_HALF_EXTENT / (resolution - 1)) - SCENE_HALF_EXTENT
-    return trimesh.Trimesh(vertices, faces[:, ::-1])  # marching cubes winds them inwards for this sign
+    mesh = trimesh.Trimesh(vertices, faces[:, ::-1])  # marching cubes winds them inwards for this sign
+    # Grid nodes exactly on a flat face (a cap at z = +-0.3 when 0.2 (resolution - 1) is whole) give zero-area
+    # triangles; without them the mesh is closed.
+    mesh.update_faces(mesh.nondegenerate_faces())
+    mesh.remove_unreferenced_vertices()
+    return mesh
 
 
 # ---------------------------------------------------------------------------------------------

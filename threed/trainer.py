@@ -64,9 +64,8 @@ class Trainer:
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
                                           config.teacher.guidance_scale, config.views).to(device)
         self.optimizer = make_optimizer(self.field, config.optim)
-        guidance_parameters = self.guidance.trainable_parameters()
-        self.guidance_optimizer = torch.optim.AdamW(guidance_parameters, lr=config.guidance.fake_score.lr,
-                                                    weight_decay=0.0) if guidance_parameters else None
+        groups = self.guidance.parameter_groups()
+        self.guidance_optimizer = torch.optim.AdamW(groups, weight_decay=0.0) if groups else None
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.metrics = MetricsLog(paths.metrics)
         self.step = 0
@@ -102,7 +101,8 @@ class Trainer:
         cameras = sample_cameras(spec, self.generator)
         render = render_rays(self.field, cameras.rays(), self.config.render, self.generator)
         images = render.as_images(spec.batch_size, spec.height, spec.width).rgb
-        out = self.guidance(ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w), self.generator)
+        views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
+        out = self.guidance(views, self.step, self.generator)
         self._step(self.optimizer, out.generator_losses, list(self.field.parameters()))
         self._step(self.guidance_optimizer, out.auxiliary_losses, self.guidance.trainable_parameters())
         self.step += 1
