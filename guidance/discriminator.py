@@ -23,8 +23,11 @@ class DiscriminatorHead(nn.Module):
     def __init__(self, in_channels: int, spec: DiscriminatorSpec):
         super().__init__()
         hidden = spec.hidden_channels
+        # No normalisation layer: per-sample normalisation would discard the feature magnitudes that
+        # the log-ratio depends on.
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.GroupNorm(min(32, hidden), hidden), nn.SiLU(),
+            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
             nn.Conv2d(hidden, 1, 1),
         )
 

@@ -13,7 +13,6 @@ Every function returns the batch mean of per-sample losses, each multiplied by i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Callable
 
 import torch
@@ -29,17 +28,18 @@ class NoisedSample:
     """The forward process at one draw: ``x_t = alpha * x0 + sigma * eps``.
 
     x0, eps: [B, ...] (x0 carries the generator's graph); alpha, sigma: [B, 1, ...], broadcastable.
-    ``x_t`` is built once, so every callable given it sees the same tensor (and may cache on it).
+    ``x_t`` is built once, with the graph, when the sample is made: every callable given it sees the
+    same tensor (and may cache on it).
     """
 
     x0: torch.Tensor
     eps: torch.Tensor
     alpha: torch.Tensor
     sigma: torch.Tensor
+    x_t: torch.Tensor = field(init=False)
 
-    @cached_property
-    def x_t(self) -> torch.Tensor:
-        return self.alpha * self.x0 + self.sigma * self.eps
+    def __post_init__(self):
+        self.x_t = self.alpha * self.x0 + self.sigma * self.eps
 
     def conditional_score(self, x_t: torch.Tensor) -> torch.Tensor:
         """grad log p(x_t | x_0) = -(x_t - alpha x_0) / sigma^2 (= -eps / sigma)."""
@@ -97,7 +97,7 @@ def di_type(sample: NoisedSample, y: torch.Tensor, h: torch.Tensor, weight: torc
 
 def sds(sample: NoisedSample, teacher_score: Score, weight: torch.Tensor) -> torch.Tensor:
     """DreamFusion: VSD with the fake score replaced by the conditional score of the drawn noise, -eps / sigma."""
-    x_t = sample.x_t.detach()  # built (and cached) with the generator's graph; scored without it
+    x_t = sample.x_t.detach()
     with torch.no_grad():
         y = sample.conditional_score(x_t) - teacher_score(x_t)
     return di_type(sample, y, torch.ones_like(weight), weight)
@@ -105,7 +105,7 @@ def sds(sample: NoisedSample, teacher_score: Score, weight: torch.Tensor) -> tor
 
 def vsd(sample: NoisedSample, teacher_score: Score, fake_score: Score, weight: torch.Tensor) -> torch.Tensor:
     """ProlificDreamer's variational score distillation: Grad(DI) with h = 1 (reverse KL)."""
-    x_t = sample.x_t.detach()  # built (and cached) with the generator's graph; scored without it
+    x_t = sample.x_t.detach()
     with torch.no_grad():
         y = fake_score(x_t) - teacher_score(x_t)
     return di_type(sample, y, torch.ones_like(weight), weight)
@@ -114,7 +114,7 @@ def vsd(sample: NoisedSample, teacher_score: Score, fake_score: Score, weight: t
 def f_distill(sample: NoisedSample, teacher_score: Score, fake_score: Score, logit: Logit, divergence: Divergence,
               weight: torch.Tensor, ratio_spec: RatioSpec) -> torch.Tensor:
     """f-distill: Grad(DI) weighted by h(r), the gradient of D_f(q_t || p_t) at this t."""
-    x_t = sample.x_t.detach()  # built (and cached) with the generator's graph; scored without it
+    x_t = sample.x_t.detach()
     with torch.no_grad():
         y = fake_score(x_t) - teacher_score(x_t)
         h, _ = divergence_weights(divergence, density_ratio(logit(x_t), ratio_spec), ratio_spec)

@@ -1,0 +1,110 @@
+"""The guidance module inside training: every estimator steps the field and its own networks on the
+tiny pipeline; the discriminator learns log-ratios; the sample bank is cached; schedules apply."""
+import pytest
+import torch
+
+from guidance import sample_bank
+from guidance.discriminator import DiscriminatorHead, DiscriminatorSpec, discriminator_loss
+from guidance.distillation import GuidanceSpec
+from guidance.sample_bank import SampleBankSpec, load_or_sample_bank
+from guidance.schedules import Ramp, SwitchSpec
+from guidance.teacher import DiffusionTeacher, TeacherSpec
+from tests.test_trainer import field_and_guidance_snapshot, make_trainer
+from threed.config import load_config
+
+ESTIMATOR_CASES = [
+    ("uni-instruct", "fkl", {"uni-instruct", "fake_score", "discriminator"}),
+    ("uni-instruct", "js", {"uni-instruct", "fake_score", "discriminator"}),
+    ("f-distill", "chi2", {"f-distill", "fake_score", "discriminator"}),
+    ("vsd", "rkl", {"vsd", "fake_score"}),
+    ("sid", "rkl", {"sid", "fake_score"}),
+    ("sds", "rkl", {"sds"}),
+]
+
+
+@pytest.mark.parametrize("estimator, divergence, expected_losses", ESTIMATOR_CASES, ids=[f"{e}-{d}" for e, d, _ in ESTIMATOR_CASES])
+def test_each_estimator_trains_field_and_guidance_but_not_the_teacher(fast_overrides, estimator, divergence, expected_losses):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, f"guidance.estimator={estimator}",
+                                               f"guidance.divergence={divergence}", "guidance.fake_score.lr=0.01",
+                                               "guidance.discriminator.lr=0.01", "guidance.normalize_per_sample=true"])
+    trainer = make_trainer(config)
+    field_before, guidance_before, teacher_before = field_and_guidance_snapshot(trainer)
+    for _ in range(2):  # LoRA's A matrices move from the second step on (its B matrices start at zero)
+        losses = trainer.training_step()
+        assert set(losses) == expected_losses
+        assert all(torch.isfinite(value) for value in losses.values()), losses
+    field_after, guidance_after, teacher_after = field_and_guidance_snapshot(trainer)
+    assert all(not torch.equal(field_before[n], field_after[n]) for n in ("encoding.table", "density_net.2.weight"))
+    assert len(guidance_before) == (0 if estimator == "sds" else len(guidance_after))
+    assert all(not torch.equal(a, b) for a, b in zip(guidance_before, guidance_after))
+    assert all(torch.equal(teacher_before[n], teacher_after[n]) for n in teacher_before)
+
+
+def test_adversarial_term_and_gradient_checkpointing(fast_overrides):
+    def first_step_gradients(checkpointing: bool):
+        config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=uni-instruct",
+                                                   "guidance.adversarial_weight.start=0.5",
+                                                   f"guidance.gradient_checkpointing={checkpointing}"])
+        trainer = make_trainer(config)
+        losses = trainer.training_step()
+        return losses, trainer.field.encoding.table.detach().clone()
+
+    losses, table = first_step_gradients(False)
+    assert {"uni-instruct", "adversarial"} <= set(losses)
+    losses_checkpointed, table_checkpointed = first_step_gradients(True)
+    torch.testing.assert_close(losses_checkpointed["uni-instruct"], losses["uni-instruct"])
+    torch.testing.assert_close(table_checkpointed, table)
+
+
+def test_discriminator_head_learns_the_log_ratio_of_two_gaussians():
+    torch.manual_seed(0)
+    dim, mean_p, var_q, var_p = 4, 0.6, 1.5, 0.7
+
+    def draw(n, mean, var):
+        return mean + var**0.5 * torch.randn(n, dim, 1, 1)
+
+    def true_log_ratio(x):  # log q(x) - log p(x), q = N(0, var_q I), p = N(mean_p, var_p I)
+        x = x.flatten(1)
+        log_q = -0.5 * (x**2).sum(1) / var_q - 0.5 * dim * torch.log(torch.tensor(var_q))
+        log_p = -0.5 * ((x - mean_p) ** 2).sum(1) / var_p - 0.5 * dim * torch.log(torch.tensor(var_p))
+        return log_q - log_p
+
+    head = DiscriminatorHead(dim, DiscriminatorSpec(hidden_channels=64))
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(600):
+        loss = discriminator_loss(head(draw(256, 0.0, var_q)), head(draw(256, mean_p, var_p)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held_out = torch.cat([draw(1000, 0.0, var_q), draw(1000, mean_p, var_p)])
+    with torch.no_grad():
+        correlation = torch.corrcoef(torch.stack([head(held_out), true_log_ratio(held_out)]))[0, 1]
+    assert correlation > 0.95
+
+
+def test_teacher_sample_bank_is_reused_from_disk(tiny_teacher, tmp_path, monkeypatch):
+    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=tiny_teacher), torch.device("cpu"))
+    spec = SampleBankSpec(samples_per_view=3, steps=2, cache_dir=str(tmp_path))
+    prompts = ["a vase, front view", "a vase, back view"]
+    first = load_or_sample_bank(teacher, teacher.name, prompts, "", spec)
+    assert first.shape == (2, 3, 4, 16, 16) and torch.isfinite(first).all()
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the cached bank should have been loaded")
+
+    monkeypatch.setattr(sample_bank, "sample_teacher", no_sampling)
+    torch.testing.assert_close(load_or_sample_bank(teacher, teacher.name, prompts, "", spec), first)
+    with pytest.raises(AssertionError, match="cached bank"):  # other settings, another key
+        load_or_sample_bank(teacher, teacher.name, prompts, "", SampleBankSpec(samples_per_view=3, steps=3, cache_dir=str(tmp_path)))
+
+
+def test_ramps_and_the_divergence_switch():
+    ramp = Ramp(start=0.98, end=0.5, start_step=100, end_step=300)
+    assert [ramp.at(s) for s in (0, 100, 200, 300, 1000)] == pytest.approx([0.98, 0.98, 0.74, 0.5, 0.5])
+    assert Ramp(0.3).at(10_000) == 0.3
+    spec = GuidanceSpec(estimator="uni-instruct", divergence="rkl", switch=SwitchSpec(step=500, divergence="fkl"))
+    assert (spec.estimator_at(499), spec.divergence_at(499)) == ("uni-instruct", "rkl")
+    assert (spec.estimator_at(500), spec.divergence_at(500)) == ("uni-instruct", "fkl")
+    with pytest.raises(ValueError, match="switch.estimator"):
+        GuidanceSpec(switch=SwitchSpec(step=1, estimator="magic"))
