@@ -49,3 +49,19 @@ def test_missing_prompt_names_the_key(tmp_path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/nope.yaml")
+
+
+def test_configs_inherit_from_their_base():
+    config = load_config("configs/uni-instruct-rkl-to-fkl.yaml", ["prompt=a vase"])
+    assert config.name == "uni-instruct-rkl-to-fkl"
+    assert (config.guidance.estimator, config.guidance.divergence) == ("uni-instruct", "rkl")
+    assert (config.guidance.switch.step, config.guidance.switch.divergence) == (5000, "fkl")
+    assert config.guidance.fake_score.lr == 1e-4  # from prolificdreamer.yaml, two levels up
+    assert config.teacher.pretrained == "stabilityai/stable-diffusion-2-1-base"
+
+
+def test_a_base_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")

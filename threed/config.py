@@ -74,12 +74,11 @@ EXPORT_FORMATS = ("obj", "glb", "ply")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Reads a YAML file, applies ``key.path=value`` overrides and validates the result."""
+    """Reads a YAML file (over the ``base:`` it names, if any), applies ``key.path=value`` overrides
+    and validates the result."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pick one of configs/*.yaml")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path), parse_overrides(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), *read_yaml_chain(path), parse_overrides(overrides))
         config: Config = OmegaConf.to_object(merged)
     except MissingMandatoryValue as error:
         raise ConfigError(f"{error.full_key} is not set: give it in the config or on the command line "
@@ -91,6 +90,19 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     config.name = config.name or path.stem
     validate(config)
     return config
+
+
+def read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list:
+    """The YAML file and, first, the chain of files it names as ``base:`` (relative to itself)."""
+    if path.resolve() in seen:
+        raise ConfigError(f"config {str(path)!r} includes itself through 'base:'")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pick one of configs/*.yaml")
+    content = OmegaConf.load(path)
+    base = content.pop("base", None)
+    if base is None:
+        return [content]
+    return read_yaml_chain(path.parent / base, (*seen, path.resolve())) + [content]
 
 
 def parse_overrides(overrides: list[str]):
