@@ -87,7 +87,7 @@ class FakeScore(nn.Module):
                 camera: torch.Tensor) -> FakePrediction:
         """x_t: [B, C, h, w], t: [B], text_embeddings: [B, L, D], camera: [B, 16] (zeros: unconditional)."""
         dtype = self.teacher.dtype
-        class_labels = camera.to(dtype) if self.camera_embedding is not None else None
+        class_labels = camera.float() if self.camera_embedding is not None else None  # the embedding is fp32
         captured = {}
         hook = self.unet.mid_block.register_forward_hook(lambda module, args, output: captured.update(bottleneck=output))
         try:

@@ -156,3 +156,13 @@ def flatten(state: dict, prefix: str = "") -> dict:
         else:
             flat[prefix + key] = value
     return flat
+
+
+@pytest.mark.parametrize("config", ["uni-instruct-fkl", "uni-instruct-rkl-to-fkl", "sid"])
+def test_method_configs_complete_a_short_run_on_the_tiny_teacher(config, fast_overrides):
+    out = next(o.split("=", 1)[1] for o in fast_overrides if o.startswith("outputs="))
+    args = ["--config", f"configs/{config}.yaml", "--train", *fast_overrides, "trainer.max_steps=2",
+            "guidance.switch.step=1", "export.formats=[glb]", "export.threshold=5", "guidance.gradient_checkpointing=false"]
+    assert launch.main(args) == 0
+    run = next(Path(out).glob(f"{config}/*"))
+    assert (run / "mesh" / "model.glb").exists() and (run / "turntable.mp4").exists()
