@@ -18,6 +18,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class TeacherNotFoundError(RuntimeError):
     """The teacher named in the config is neither a loadable folder nor an available hub model."""
 
@@ -27,7 +30,7 @@ class TeacherSpec:
     pretrained: str = "stabilityai/stable-diffusion-2-1-base"
     guidance_scale: float = field(default=100.0, metadata={"range": (0.0, None)})
     negative_prompt: str = ""
-    half_precision: bool = True  # fp16 weights for the frozen teacher on CUDA; always fp32 on the CPU
+    precision: str = field(default="fp16", metadata={"choices": tuple(PRECISIONS)})  # on CUDA; the CPU uses fp32
 
 
 class DiffusionTeacher(nn.Module):
@@ -66,7 +69,7 @@ class DiffusionTeacher(nn.Module):
                 f"pipeline folder, or download the model first on a machine with network access "
                 f"(huggingface-cli download {name})."
             ) from None
-        dtype = torch.float16 if spec.half_precision and device.type == "cuda" else torch.float32
+        dtype = PRECISIONS[spec.precision] if device.type == "cuda" else torch.float32
         return teacher.to(device=device, dtype=dtype)
 
     @property

@@ -108,3 +108,16 @@ def test_ramps_and_the_divergence_switch():
     assert (spec.estimator_at(500), spec.divergence_at(500)) == ("uni-instruct", "fkl")
     with pytest.raises(ValueError, match="switch.estimator"):
         GuidanceSpec(switch=SwitchSpec(step=1, estimator="magic"))
+
+
+def test_uni_instruct_trains_on_a_pixel_space_teacher(fast_overrides, tmp_path):
+    from guidance.tiny_teacher import build_tiny_pipeline
+
+    build_tiny_pipeline(pixel_space=True).save_pretrained(tmp_path / "pixel")
+    overrides = [o for o in fast_overrides if not o.startswith("teacher.pretrained")]
+    config = load_config("configs/tiny.yaml", [*overrides, f"teacher.pretrained={tmp_path / 'pixel'}",
+                                               "guidance.estimator=uni-instruct", "guidance.divergence=jkl"])
+    trainer = make_trainer(config)
+    assert trainer.guidance.sample_bank.shape == (4, 2, 3, 32, 32)  # views x samples x RGB pixels
+    losses = trainer.training_step()
+    assert all(torch.isfinite(value) for value in losses.values())

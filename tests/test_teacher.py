@@ -94,3 +94,31 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
         DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=str(tmp_path)), CPU)
     with pytest.raises(TeacherNotFoundError, match="huggingface-cli download nobody/nothing"):
         DiffusionTeacher.from_pretrained(TeacherSpec(pretrained="nobody/nothing"), CPU)
+
+
+@pytest.fixture(scope="module")
+def tiny_pixel_teacher(tmp_path_factory) -> str:
+    from guidance.tiny_teacher import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-pixel-teacher")
+    build_tiny_pipeline(pixel_space=True).save_pretrained(folder)
+    return str(folder)
+
+
+def test_pixel_space_teacher_loads_without_vae_and_resizes_renders(tiny_pixel_teacher):
+    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=tiny_pixel_teacher), CPU)
+    assert teacher.vae is None and teacher.image_size == 32
+    images = torch.rand(2, 3, 20, 20)
+    x0 = teacher.encode(images)
+    assert x0.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(x0, 2 * torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear") - 1)
+
+
+def test_pixel_pipeline_samples_with_its_own_sampler(tiny_pixel_teacher):
+    from guidance.pixel_pipeline import PixelDiffusionPipeline
+
+    pipeline = PixelDiffusionPipeline.from_pretrained(tiny_pixel_teacher)
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(["a red vase", "a blue cube"], num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    assert images.shape == (2, 32, 32, 3) and images.min() >= 0 and images.max() <= 1
