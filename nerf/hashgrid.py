@@ -17,6 +17,9 @@ from torch import nn
 
 # tiny-cuda-nn's coherent primes; the first dimension is not scrambled.
 HASH_PRIMES = (1, 2654435761, 805459861)
+# Index arithmetic runs in int32, which wraps like tiny-cuda-nn's uint32 (the same bits); hashed
+# levels have power-of-two sizes, so the remainder of the (possibly negative) int32 is the same too.
+INT32_PRIMES = tuple(p - 2**32 if p >= 2**31 else p for p in HASH_PRIMES)
 
 
 @dataclass
@@ -53,16 +56,16 @@ class HashGridEncoding(nn.Module):
     def __init__(self, spec: HashGridSpec):
         super().__init__()
         self.spec = spec
-        sizes = torch.tensor(spec.level_sizes())
-        resolutions = torch.tensor(spec.level_resolutions())
+        sizes = torch.tensor(spec.level_sizes(), dtype=torch.int32)
+        resolutions = torch.tensor(spec.level_resolutions(), dtype=torch.int32)
         self.table = nn.Parameter(torch.empty(int(sizes.sum()), spec.n_features_per_level).uniform_(-1e-4, 1e-4))
         buffers = {
             "level_offsets": torch.cumsum(sizes, 0) - sizes,
             "level_sizes": sizes,
             "level_scales": torch.tensor(spec.level_scales(), dtype=torch.float32),
             "dense_strides": torch.stack([torch.ones_like(resolutions), resolutions, resolutions**2], dim=-1),
-            "uses_hash": resolutions**3 > sizes,
-            "primes": torch.tensor(HASH_PRIMES, dtype=torch.int64),
+            "uses_hash": torch.tensor([r**3 > size for r, size in zip(spec.level_resolutions(), spec.level_sizes())]),
+            "primes": torch.tensor(INT32_PRIMES, dtype=torch.int32),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
@@ -77,7 +80,7 @@ class HashGridEncoding(nn.Module):
         floor = scaled.floor()
         frac = scaled - floor
         # Per axis, the two surrounding grid coordinates and their interpolation weights.
-        grid_coords = floor.long()[..., None] + torch.arange(2, device=points.device)  # [N, L, 3, 2]
+        grid_coords = floor.int()[..., None] + torch.arange(2, device=points.device, dtype=torch.int32)  # [N, L, 3, 2]
         axis_weights = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
         rows = self._table_rows(grid_coords) + self.level_offsets[:, None]  # [N, L, 8]
         weights = combine_over_corners(axis_weights, torch.mul)  # [N, L, 8]
@@ -88,7 +91,7 @@ class HashGridEncoding(nn.Module):
     def _table_rows(self, grid_coords: torch.Tensor) -> torch.Tensor:
         """grid_coords: [N, L, 3, 2] integer coordinates -> [N, L, 8] row within each level's table."""
         dense_index = combine_over_corners(grid_coords * self.dense_strides[..., None], torch.add)
-        hash_index = combine_over_corners(grid_coords * self.primes[:, None], torch.bitwise_xor) & 0xFFFFFFFF
+        hash_index = combine_over_corners(grid_coords * self.primes[:, None], torch.bitwise_xor)
         index = torch.where(self.uses_hash[:, None], hash_index, dense_index)
         return index % self.level_sizes[:, None]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from nerfacc import accumulate_along_rays, render_weight_from_density
+from nerfacc import render_weight_from_density
 
 from nerf.field import RadianceField
+from nerf.occupancy import OccupancyGrid
 from nerf.rays import Rays, intersect_box
 
 
@@ -45,23 +46,60 @@ def stratified_samples(near: torch.Tensor, far: torch.Tensor, n_samples: int, ge
     return bounds[:, :-1], bounds[:, 1:]
 
 
-def render_rays(field: RadianceField, rays: Rays, spec: RenderSpec, generator: torch.Generator | None = None) -> RenderOutput:
-    """Renders all rays at once (differentiably). ``generator`` jitters the samples; None gives fixed bins."""
+def packed_weights(t_starts: torch.Tensor, t_ends: torch.Tensor, sigmas: torch.Tensor, ray_indices: torch.Tensor,
+                   n_rays: int) -> torch.Tensor:
+    """Compositing weights w_i = T_i (1 - exp(-sigma_i delta_i)) of packed samples [M], sorted by ray.
+
+    nerfacc's CUDA kernels on CUDA; on the CPU the same quantity in PyTorch: the transmittance's
+    exclusive prefix sum of sigma * delta is a global cumulative sum (float64) minus its value where
+    each ray's run of samples begins.
+    """
+    if sigmas.is_cuda:
+        return render_weight_from_density(t_starts, t_ends, sigmas, ray_indices=ray_indices, n_rays=n_rays)[0]
+    optical_depth = sigmas * (t_ends - t_starts)
+    inclusive = torch.cumsum(optical_depth.double(), dim=0)
+    exclusive = inclusive - optical_depth.double()
+    run_start = torch.searchsorted(ray_indices, ray_indices)  # first sample of each sample's ray
+    transmittance = torch.exp(-(exclusive - exclusive[run_start])).to(sigmas.dtype)
+    return transmittance * (1.0 - torch.exp(-optical_depth))
+
+
+def render_rays(field: RadianceField, rays: Rays, spec: RenderSpec, generator: torch.Generator | None = None,
+                occupancy: OccupancyGrid | None = None) -> RenderOutput:
+    """Renders all rays at once (differentiably). ``generator`` jitters the samples (None: fixed bins).
+
+    With an occupancy grid, samples in empty cells are skipped: the field is evaluated only at the
+    others, which are rendered packed. Without one every sample is kept; the result is the same
+    as dense rendering.
+    """
     near, far = intersect_box(rays, field.spec.radius)
     t_starts, t_ends = stratified_samples(near, far, spec.samples_per_ray, generator)
     t_mids = 0.5 * (t_starts + t_ends)
     points = rays.origins[:, None, :] + rays.directions[:, None, :] * t_mids[..., None]  # [N, S, 3]
-    density, albedo = field(points.reshape(-1, 3))
-    weights, _, _ = render_weight_from_density(t_starts, t_ends, density.reshape(t_starts.shape))
-    opacity = accumulate_along_rays(weights, None)
-    depth = accumulate_along_rays(weights, t_mids[..., None])
-    color = accumulate_along_rays(weights, albedo.reshape(*t_starts.shape, 3))
+    keep = t_ends > t_starts
+    if occupancy is not None:
+        keep &= occupancy.is_occupied(points)
+    ray_indices, _ = keep.nonzero(as_tuple=True)  # row-major: sorted by ray
+    density, albedo = field(points[keep])
+    weights = packed_weights(t_starts[keep], t_ends[keep], density, ray_indices, len(rays))
+
+    def accumulate(values: torch.Tensor) -> torch.Tensor:
+        """[M, C] per-sample values -> [N, C] weighted sums per ray."""
+        total = torch.zeros(len(rays), values.shape[-1], device=values.device, dtype=values.dtype)
+        return total.index_add(0, ray_indices, weights[:, None] * values)
+
+    opacity = accumulate(torch.ones_like(weights[:, None]))
+    depth = accumulate(t_mids[keep][:, None])
+    color = accumulate(albedo)
     background = torch.tensor(spec.background_color, device=color.device, dtype=color.dtype)
-    return RenderOutput(rgb=color + (1.0 - opacity) * background, opacity=opacity, depth=depth, weights=weights)
+    dense_weights = torch.zeros_like(t_starts).masked_scatter(keep, weights)
+    return RenderOutput(rgb=color + (1.0 - opacity) * background, opacity=opacity, depth=depth, weights=dense_weights)
 
 
 @torch.no_grad()
-def render_rays_chunked(field: RadianceField, rays: Rays, spec: RenderSpec) -> RenderOutput:
+def render_rays_chunked(field: RadianceField, rays: Rays, spec: RenderSpec,
+                        occupancy: OccupancyGrid | None = None) -> RenderOutput:
     """Renders many rays without gradients, ``spec.chunk_rays`` at a time, for large views."""
-    chunks = [render_rays(field, rays[i : i + spec.chunk_rays], spec) for i in range(0, len(rays), spec.chunk_rays)]
+    chunks = [render_rays(field, rays[i : i + spec.chunk_rays], spec, occupancy=occupancy)
+              for i in range(0, len(rays), spec.chunk_rays)]
     return RenderOutput(*(torch.cat(parts) for parts in zip(*((c.rgb, c.opacity, c.depth, c.weights) for c in chunks))))

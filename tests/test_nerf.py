@@ -120,3 +120,71 @@ def test_chunked_rendering_equals_one_pass():
     chunked = render_rays_chunked(field, cameras.rays(), RenderSpec(samples_per_ray=16, chunk_rays=25))
     torch.testing.assert_close(chunked.rgb, whole.rgb.detach())
     torch.testing.assert_close(chunked.weights, whole.weights.detach())
+
+
+def test_packed_weights_equal_nerfacc_batched_rendering():
+    from nerfacc import render_weight_from_density
+
+    from nerf.renderer import packed_weights
+
+    torch.manual_seed(0)
+    n_rays, n_samples = 50, 40
+    bounds = torch.sort(torch.rand(n_rays, n_samples + 1) * 3, dim=1).values
+    t_starts, t_ends = bounds[:, :-1], bounds[:, 1:]
+    sigmas = torch.rand(n_rays, n_samples) * 5 * (torch.rand(n_rays, n_samples) > 0.3)
+    batched, _, _ = render_weight_from_density(t_starts, t_ends, sigmas)
+    ray_indices = torch.arange(n_rays).repeat_interleave(n_samples)
+    packed = packed_weights(t_starts.flatten(), t_ends.flatten(), sigmas.flatten(), ray_indices, n_rays)
+    torch.testing.assert_close(packed.reshape(n_rays, n_samples), batched, atol=1e-6, rtol=1e-5)
+
+
+class SphereField(nn.Module):
+    """Density 20 inside a sphere of radius 0.35, exactly 0 outside; colour by position. Counts its queries."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = SimpleNamespace(radius=1.0)
+        self.queries = 0
+
+    def density(self, points):
+        return 20.0 * (points.norm(dim=-1) < 0.35).float()
+
+    def forward(self, points):
+        self.queries += len(points)
+        return self.density(points), points.abs().clamp(0, 1)
+
+
+def test_empty_space_skipping_matches_dense_rendering_with_fewer_queries():
+    from nerf.occupancy import OccupancyGrid, OccupancySpec
+
+    field = SphereField()
+    grid = OccupancyGrid(OccupancySpec(resolution=32), radius=1.0)
+    generator = torch.Generator().manual_seed(0)
+    grid.update(field.density, generator)
+    cameras = make_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([2.0]), torch.tensor([50.0]), 24, 24)
+    spec = RenderSpec(samples_per_ray=128)
+    dense = render_rays(field, cameras.rays(), spec)
+    dense_queries, field.queries = field.queries, 0
+    skipped = render_rays(field, cameras.rays(), spec, occupancy=grid)
+    torch.testing.assert_close(skipped.rgb, dense.rgb)
+    torch.testing.assert_close(skipped.weights, dense.weights)
+    assert dense.opacity.max() > 0.99 and field.queries < dense_queries / 5
+
+
+def test_occupancy_grid_marks_the_sphere_and_forgets_with_decay():
+    from nerf.occupancy import OccupancyGrid, OccupancySpec
+
+    grid = OccupancyGrid(OccupancySpec(resolution=16, decay=0.5, threshold=0.01), radius=1.0)
+    assert grid.is_occupied(torch.tensor([[0.9, 0.9, 0.9]])).all()  # never updated: everything may be occupied
+    generator = torch.Generator().manual_seed(0)
+    grid.update(SphereField().density, generator)
+    assert grid.is_occupied(torch.tensor([[0.0, 0.0, 0.0]])).all()
+    assert not grid.is_occupied(torch.tensor([[0.9, 0.9, 0.9], [0.0, 0.0, 0.8]])).any()
+    assert grid.is_occupied(torch.tensor([[0.0, 0.0, 0.4]])).all()  # outside the sphere, next to it: dilated
+    def moved_sphere(points):
+        return SphereField().density(points - torch.tensor([0.5, 0.5, 0.5]))
+
+    for _ in range(12):  # the object moves: its old cells decay below the threshold (20 * 0.5**12 < 0.01)
+        grid.update(moved_sphere, generator)
+    assert not grid.is_occupied(torch.tensor([[0.0, 0.0, 0.0]])).any()
+    assert grid.is_occupied(torch.tensor([[0.5, 0.5, 0.5]])).all()

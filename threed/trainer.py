@@ -98,8 +98,11 @@ class Trainer:
     def training_step(self) -> dict[str, torch.Tensor]:
         """One step of the field and of the guidance's own parameters; returns the named losses (detached)."""
         spec = self.config.camera
+        occupancy = self.field.occupancy
+        if occupancy is not None and self.step % occupancy.spec.update_every == 0:
+            occupancy.update(self.field.density, self.generator)
         cameras = sample_cameras(spec, self.generator)
-        render = render_rays(self.field, cameras.rays(), self.config.render, self.generator)
+        render = render_rays(self.field, cameras.rays(), self.config.render, self.generator, occupancy)
         images = render.as_images(spec.batch_size, spec.height, spec.width).rgb
         views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
         out = self.guidance(views, self.step, self.generator)

@@ -17,7 +17,8 @@ def render_views(field: RadianceField, cameras: CameraBatch, spec: RenderSpec) -
     """-> uint8 images [B, H, W, 3], rendered one view at a time in ray chunks."""
     views = []
     for index in range(len(cameras)):
-        rgb = render_rays_chunked(field, cameras[index].rays(), spec).rgb.reshape(cameras.height, cameras.width, 3)
+        rays = cameras[index].rays()
+        rgb = render_rays_chunked(field, rays, spec, field.occupancy).rgb.reshape(cameras.height, cameras.width, 3)
         views.append((rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
     return np.stack(views)
 

@@ -1,0 +1,97 @@
+"""Benchmarks, printed as one JSON object.
+
+    python -m threed.bench render [--samples-per-ray 64] [--repeats 2]
+
+``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
+with dense sampling and with empty-space skipping at the same sample spacing, on a field with
+ProlificDreamer's hash grid whose occupied volume is a sphere of radius 0.35 in the box
+[-1, 1]^3; and the hash grid's forward-plus-backward throughput in points per second.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from nerf.field import FieldSpec, RadianceField
+from nerf.hashgrid import HashGridEncoding, HashGridSpec
+from nerf.occupancy import OccupancyGrid
+from nerf.renderer import RenderSpec, render_rays
+from threed.cameras import make_cameras
+
+SPHERE_RADIUS = 0.35
+
+
+def timed_ms(work, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``work()`` in milliseconds, after one warm-up call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    return sorted(times)[len(times) // 2]
+
+
+def sphere_field(device: torch.device) -> RadianceField:
+    """A field whose density, and occupancy grid, fill a sphere of radius 0.35."""
+    field = RadianceField(FieldSpec(blob_radius=SPHERE_RADIUS)).to(device)
+
+    def sphere_density(points: torch.Tensor) -> torch.Tensor:
+        return 10.0 * (points.norm(dim=-1) < SPHERE_RADIUS).float()
+
+    field.occupancy.update(sphere_density, torch.Generator(device).manual_seed(0))
+    return field
+
+
+def render_step(field: RadianceField, resolution: int, spec: RenderSpec, occupancy: OccupancyGrid | None, device):
+    """One view's forward and backward pass, in chunks of rays whose gradients accumulate."""
+    cameras = make_cameras(*(torch.tensor([v], device=device) for v in (15.0, 30.0, 2.0, 50.0)), resolution, resolution)
+    rays = cameras.rays()
+    generator = torch.Generator(device).manual_seed(0)
+
+    def work():
+        field.zero_grad(set_to_none=True)
+        for start in range(0, len(rays), spec.chunk_rays):
+            render = render_rays(field, rays[start : start + spec.chunk_rays], spec, generator, occupancy)
+            (render.rgb.sum() / len(rays)).backward()
+
+    return work
+
+
+def bench_render(samples_per_ray: int, repeats: int) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    field = sphere_field(device)
+    spec = RenderSpec(samples_per_ray=samples_per_ray, chunk_rays=4096)
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+              "samples_per_ray": samples_per_ray}
+    for resolution in (64, 256):
+        dense = timed_ms(render_step(field, resolution, spec, None, device), repeats, device)
+        skip = timed_ms(render_step(field, resolution, spec, field.occupancy, device), repeats, device)
+        result[f"res{resolution}"] = {"dense_ms": round(dense, 1), "skip_ms": round(skip, 1), "speedup": round(dense / skip, 2)}
+    encoding = HashGridEncoding(HashGridSpec()).to(device)
+    points = torch.rand(2**18, 3, device=device)
+    hashgrid_ms = timed_ms(lambda: encoding(points).sum().backward(), repeats, device)
+    result["hashgrid_points_per_s"] = round(points.shape[0] / (hashgrid_ms / 1000))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser("render", help="volume rendering and hash-grid speed")
+    render.add_argument("--samples-per-ray", type=int, default=64)
+    render.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(json.dumps(bench_render(args.samples_per_ray, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()
