@@ -10,7 +10,23 @@ from torch import nn
 from nerf.hashgrid import HashGridEncoding, HashGridSpec
 from nerf.occupancy import OccupancyGrid, OccupancySpec
 
-DENSITY_ACTIVATIONS = {"softplus": F.softplus, "exp": torch.exp}
+class TruncatedExp(torch.autograd.Function):
+    """exp(x) with its gradient computed at min(x, 15), so a large raw density cannot blow up the step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15.0))
+
+
+DENSITY_ACTIVATIONS = {"softplus": F.softplus, "exp": torch.exp, "trunc_exp": TruncatedExp.apply}
+BLOB_SHAPES = ("magic3d", "dreamfusion")
+NORMAL_METHODS = ("finite_difference", "autograd")
 
 
 @dataclass
@@ -22,8 +38,11 @@ class FieldSpec:
     hidden_dim: int = field(default=64, metadata={"range": (1, None)})
     hidden_layers: int = field(default=1, metadata={"range": (0, None)})
     density_activation: str = field(default="softplus", metadata={"choices": tuple(DENSITY_ACTIVATIONS)})
+    blob_shape: str = field(default="magic3d", metadata={"choices": BLOB_SHAPES})
     blob_density: float = 10.0
-    blob_radius: float = field(default=0.5, metadata={"range": (0.01, None)})
+    blob_radius: float = field(default=0.5, metadata={"range": (0.01, None)})  # magic3d's radius, dreamfusion's std
+    normal_method: str = field(default="finite_difference", metadata={"choices": NORMAL_METHODS})
+    normal_eps: float = field(default=0.01, metadata={"range": (1e-6, None)})  # finite-difference step
     occupancy: OccupancySpec = field(default_factory=OccupancySpec)
 
 
@@ -39,8 +58,9 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int) -> nn.Se
 class RadianceField(nn.Module):
     """Maps world points to density and albedo.
 
-    The raw density is offset by Magic3D's blob, ``blob_density * (1 - |x| / blob_radius)``, so
-    that optimisation starts from a small solid ball at the centre. Its occupancy grid (a buffer,
+    The raw density is offset by a blob so that optimisation starts from a small solid ball at the
+    centre: Magic3D's ``blob_density * (1 - |x| / blob_radius)`` or DreamFusion's
+    ``blob_density * exp(-|x|^2 / (2 blob_radius^2))``. Its occupancy grid (a buffer,
     saved with the field) tells the renderer where the density is negligible.
     """
 
@@ -69,4 +89,19 @@ class RadianceField(nn.Module):
         return DENSITY_ACTIVATIONS[self.spec.density_activation](raw_density)
 
     def _blob(self, points: torch.Tensor) -> torch.Tensor:
-        return self.spec.blob_density * (1.0 - points.norm(dim=-1) / self.spec.blob_radius)
+        if self.spec.blob_shape == "magic3d":
+            return self.spec.blob_density * (1.0 - points.norm(dim=-1) / self.spec.blob_radius)
+        return self.spec.blob_density * torch.exp(-0.5 * (points**2).sum(-1) / self.spec.blob_radius**2)
+
+    def normals(self, points: torch.Tensor) -> torch.Tensor:
+        """points: [N, 3] -> unit normals [N, 3], the negated normalised density gradient (differentiable)."""
+        if self.spec.normal_method == "autograd":
+            with torch.enable_grad():
+                points = points if points.requires_grad else points.detach().requires_grad_(True)
+                (gradient,) = torch.autograd.grad(self.density(points).sum(), points, create_graph=True)
+        else:
+            offsets = self.spec.normal_eps * torch.eye(3, device=points.device, dtype=points.dtype)
+            shifted = torch.cat([points[:, None] + offsets, points[:, None] - offsets], dim=1)  # [N, 6, 3]
+            density = self.density(shifted.reshape(-1, 3)).reshape(-1, 2, 3)
+            gradient = (density[:, 0] - density[:, 1]) / (2 * self.spec.normal_eps)
+        return -F.normalize(gradient, dim=-1)

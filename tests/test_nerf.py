@@ -94,7 +94,8 @@ def test_volume_rendering_matches_the_closed_form_for_constant_density():
     sigma, color, background = 0.7, [0.2, 0.4, 0.6], [1.0, 1.0, 1.0]
     rays = Rays(torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.5, 0.2], [3.0, 3.0, 0.0]]),
                 torch.tensor([[-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]))
-    out = render_rays(ConstantField(sigma, color), rays, RenderSpec(samples_per_ray=64, background_color=background))
+    out = render_rays(ConstantField(sigma, color), rays, RenderSpec(samples_per_ray=64),
+                      background=torch.tensor(background).expand(3, 3))
     opacity = 1 - math.exp(-sigma * 2.0)  # both hitting rays cross the box over a length of 2
     torch.testing.assert_close(out.opacity[:, 0], torch.tensor([opacity, opacity, 0.0]), atol=1e-5, rtol=0)
     expected_rgb = torch.tensor(color) * opacity + torch.tensor(background) * (1 - opacity)

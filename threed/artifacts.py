@@ -27,7 +27,7 @@ def load_trained_field(config: Config, paths: RunPaths, device: torch.device) ->
 
 
 def write_video(field: RadianceField, config: Config, paths: RunPaths) -> None:
-    save_turntable_video(field, config.render, config.video, paths.video)
+    save_turntable_video(field, config.render, config.background.color, config.video, paths.video)
     log.info("turntable video: %s", paths.video)
 
 

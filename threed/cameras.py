@@ -11,22 +11,49 @@ from nerf.rays import Rays, pinhole_rays
 
 
 @dataclass
+class ResolutionStage:
+    """From training step ``step`` on, render ``height`` x ``width``."""
+
+    step: int
+    height: int
+    width: int
+
+
+@dataclass
 class CameraSpec:
-    """Random training cameras: each value is drawn uniformly from its [low, high] range."""
+    """Random training cameras: each value is drawn uniformly from its [low, high] range.
+
+    The point light sits at ``light_distance`` (times the camera's distance) in the direction of
+    the camera, perturbed by a normal draw of scale ``light_perturb``, as in DreamFusion.
+    """
 
     batch_size: int = field(default=1, metadata={"range": (1, None)})
     height: int = field(default=64, metadata={"range": (8, 4096)})
     width: int = field(default=64, metadata={"range": (8, 4096)})
+    resolution_schedule: list[ResolutionStage] = field(default_factory=list)
     distance: list[float] = field(default_factory=lambda: [1.5, 2.0])
     fovy_deg: list[float] = field(default_factory=lambda: [40.0, 70.0])
     elevation_deg: list[float] = field(default_factory=lambda: [-10.0, 45.0])
     azimuth_deg: list[float] = field(default_factory=lambda: [-180.0, 180.0])
+    light_distance: list[float] = field(default_factory=lambda: [0.8, 1.5])
+    light_perturb: float = field(default=1.0, metadata={"range": (0.0, None)})
 
     def __post_init__(self):
-        for name in ("distance", "fovy_deg", "elevation_deg", "azimuth_deg"):
+        for name in ("distance", "fovy_deg", "elevation_deg", "azimuth_deg", "light_distance"):
             low_high = getattr(self, name)
             if len(low_high) != 2 or low_high[0] > low_high[1]:
                 raise ValueError(f"camera.{name} must be a [low, high] pair with low <= high, got {list(low_high)}")
+        steps = [stage.step for stage in self.resolution_schedule]
+        if steps != sorted(steps):
+            raise ValueError(f"camera.resolution_schedule must be ordered by step, got steps {steps}")
+
+    def resolution_at(self, step: int) -> tuple[int, int]:
+        """(height, width) of the training renders at ``step``."""
+        height, width = self.height, self.width
+        for stage in self.resolution_schedule:
+            if step >= stage.step:
+                height, width = stage.height, stage.width
+        return height, width
 
 
 @dataclass
@@ -50,6 +77,7 @@ class CameraBatch:
     distance: torch.Tensor  # [B]
     height: int
     width: int
+    light_positions: torch.Tensor | None = None  # [B, 3], training cameras only
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -57,8 +85,9 @@ class CameraBatch:
     def __getitem__(self, index: int | slice) -> "CameraBatch":
         """Cameras ``index`` as a batch (of one for an integer)."""
         pick = slice(index, index + 1) if isinstance(index, int) else index
+        lights = self.light_positions[pick] if self.light_positions is not None else None
         return CameraBatch(self.c2w[pick], self.fovy[pick], self.elevation_deg[pick], self.azimuth_deg[pick],
-                           self.distance[pick], self.height, self.width)
+                           self.distance[pick], self.height, self.width, lights)
 
     def rays(self) -> Rays:
         return pinhole_rays(self.c2w, self.fovy, self.height, self.width)
@@ -86,15 +115,20 @@ def make_cameras(elevation_deg, azimuth_deg, distance, fovy_deg, height: int, wi
                        elevation_deg, azimuth_deg, distance, height, width)
 
 
-def sample_cameras(spec: CameraSpec, generator: torch.Generator) -> CameraBatch:
-    """Draws ``spec.batch_size`` cameras on the generator's device."""
+def sample_cameras(spec: CameraSpec, generator: torch.Generator, step: int = 0) -> CameraBatch:
+    """Draws ``spec.batch_size`` cameras, with their point lights, on the generator's device."""
 
     def uniform(low_high: list[float]) -> torch.Tensor:
         low, high = low_high
         return low + (high - low) * torch.rand(spec.batch_size, generator=generator, device=generator.device)
 
-    return make_cameras(uniform(spec.elevation_deg), uniform(spec.azimuth_deg), uniform(spec.distance),
-                        uniform(spec.fovy_deg), spec.height, spec.width)
+    cameras = make_cameras(uniform(spec.elevation_deg), uniform(spec.azimuth_deg), uniform(spec.distance),
+                           uniform(spec.fovy_deg), *spec.resolution_at(step))
+    positions = cameras.c2w[:, :3, 3]
+    wobble = spec.light_perturb * torch.randn(positions.shape, generator=generator, device=generator.device)
+    direction = torch.nn.functional.normalize(positions / positions.norm(dim=-1, keepdim=True) + wobble, dim=-1)
+    cameras.light_positions = direction * (uniform(spec.light_distance) * cameras.distance)[:, None]
+    return cameras
 
 
 def turntable_cameras(spec: TurntableSpec, frames: int, resolution: int, device: torch.device) -> CameraBatch:

@@ -18,10 +18,12 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from guidance.distillation import GuidanceSpec
 from guidance.prompts import ViewPromptSpec
 from guidance.teacher import TeacherSpec
+from nerf.background import BackgroundSpec
 from nerf.field import FieldSpec
 from nerf.renderer import RenderSpec
 from threed.cameras import CameraSpec, TurntableSpec
 from threed.errors import ConfigError
+from threed.regularizers import RegularizerSpec
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Config:
     outputs: str = "outputs"
     geometry: FieldSpec = field(default_factory=FieldSpec)
     render: RenderSpec = field(default_factory=RenderSpec)
+    background: BackgroundSpec = field(default_factory=BackgroundSpec)
+    regularizers: RegularizerSpec = field(default_factory=RegularizerSpec)
     camera: CameraSpec = field(default_factory=CameraSpec)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     guidance: GuidanceSpec = field(default_factory=GuidanceSpec)

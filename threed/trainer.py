@@ -6,6 +6,7 @@ uninterrupted one would be.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,20 +18,24 @@ from tqdm import tqdm
 
 from guidance.distillation import ScoreDistillation, ViewBatch
 from guidance.teacher import DiffusionTeacher
+from nerf.background import Background
 from nerf.field import RadianceField
 from nerf.renderer import render_rays
+from nerf.shading import Lighting, sample_shading_mode
 from threed.cameras import sample_cameras
 from threed.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_atomic
 from threed.config import Config, OptimSpec
 from threed.errors import NonFiniteLossError
+from threed.regularizers import regularizer_losses
 from threed.runs import RunPaths
 from threed.video import save_validation_strip
 
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(field: RadianceField, spec: OptimSpec) -> torch.optim.Adam:
-    networks = [p for name, p in field.named_parameters() if not name.startswith("encoding.")]
+def make_optimizer(field: RadianceField, background: Background, spec: OptimSpec) -> torch.optim.Adam:
+    """Adam with the hash grid at ``lr_encoding`` and the field's and background's networks at ``lr_networks``."""
+    networks = [p for name, p in field.named_parameters() if not name.startswith("encoding.")] + list(background.parameters())
     groups = [{"params": field.encoding.parameters(), "lr": spec.lr_encoding}, {"params": networks, "lr": spec.lr_networks}]
     return torch.optim.Adam(groups, betas=tuple(spec.betas), eps=spec.eps)
 
@@ -61,9 +66,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
         self.field = RadianceField(config.geometry).to(device)
+        self.background = Background(config.background).to(device)
+        self.render_spec = dataclasses.replace(config.render,
+                                               normals=config.render.normals or config.regularizers.needs_normals())
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
                                           config.teacher.guidance_scale, config.views).to(device)
-        self.optimizer = make_optimizer(self.field, config.optim)
+        self.optimizer = make_optimizer(self.field, self.background, config.optim)
         groups = self.guidance.parameter_groups()
         self.guidance_optimizer = torch.optim.AdamW(groups, weight_decay=0.0) if groups else None
         self.generator = torch.Generator(device).manual_seed(config.seed)
@@ -71,7 +79,8 @@ class Trainer:
         self.step = 0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"step": self.step, "field": self.field.state_dict(), "background": self.background.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "guidance": self.guidance.trainable_state_dict(),
                 "guidance_optimizer": self.guidance_optimizer.state_dict() if self.guidance_optimizer else None,
                 "generator": self.generator.get_state()}
@@ -79,6 +88,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.guidance.load_trainable_state_dict(state["guidance"])
         if self.guidance_optimizer:
@@ -97,19 +107,24 @@ class Trainer:
 
     def training_step(self) -> dict[str, torch.Tensor]:
         """One step of the field and of the guidance's own parameters; returns the named losses (detached)."""
-        spec = self.config.camera
         occupancy = self.field.occupancy
         if occupancy is not None and self.step % occupancy.spec.update_every == 0:
             occupancy.update(self.field.density, self.generator)
-        cameras = sample_cameras(spec, self.generator)
-        render = render_rays(self.field, cameras.rays(), self.config.render, self.generator, occupancy)
-        images = render.as_images(spec.batch_size, spec.height, spec.width).rgb
+        cameras = sample_cameras(self.config.camera, self.generator, self.step)
+        rays = cameras.rays()
+        pixels = cameras.height * cameras.width
+        lighting = Lighting(cameras.light_positions.repeat_interleave(pixels, dim=0),
+                            sample_shading_mode(self.render_spec.shading, self.generator))
+        background = self.background(rays.directions, len(cameras), self.generator)
+        render = render_rays(self.field, rays, self.render_spec, self.generator, occupancy, lighting, background)
+        images = render.as_images(len(cameras), cameras.height, cameras.width).rgb
         views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
         out = self.guidance(views, self.step, self.generator)
-        self._step(self.optimizer, out.generator_losses, list(self.field.parameters()))
+        generator_losses = {**out.generator_losses, **regularizer_losses(render, self.config.regularizers, self.step)}
+        self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]])
         self._step(self.guidance_optimizer, out.auxiliary_losses, self.guidance.trainable_parameters())
         self.step += 1
-        return {name: loss.detach() for name, loss in {**out.generator_losses, **out.auxiliary_losses}.items()}
+        return {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor]) -> None:
@@ -167,5 +182,5 @@ class Trainer:
 
     def save_validation(self) -> None:
         spec = self.config.trainer
-        save_validation_strip(self.field, self.config.render, self.config.video, spec.val_views, spec.val_resolution,
-                              self.paths.validation / f"step{self.step:07d}.png")
+        save_validation_strip(self.field, self.config.render, self.config.background.color, self.config.video,
+                              spec.val_views, spec.val_resolution, self.paths.validation / f"step{self.step:07d}.png")
