@@ -9,11 +9,16 @@ each level's size rounded up to a multiple of 8 and capped at ``2**log2_hashmap_
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 # tiny-cuda-nn's coherent primes; the first dimension is not scrambled.
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -31,6 +36,7 @@ class HashGridSpec:
     log2_hashmap_size: int = field(default=19, metadata={"range": (8, 24)})
     base_resolution: int = field(default=16, metadata={"range": (2, None)})
     finest_resolution: int = field(default=4096, metadata={"range": (2, None)})
+    backend: str = field(default="auto", metadata={"choices": ("auto", "torch", "tcnn")})  # auto: tcnn on CUDA if installed
 
     @property
     def per_level_scale(self) -> float:
@@ -50,8 +56,19 @@ class HashGridSpec:
         return [min(size, 2**self.log2_hashmap_size) for size in dense_sizes]
 
 
+@functools.cache
+def tcnn_available() -> bool:
+    available = importlib.util.find_spec("tinycudann") is not None and torch.cuda.is_available()
+    log.info("hash grid: %s", "tiny-cuda-nn on CUDA" if available else "PyTorch (tiny-cuda-nn not importable or no CUDA)")
+    return available
+
+
 class HashGridEncoding(nn.Module):
-    """Encodes points in [0, 1]^3 into ``n_levels * n_features_per_level`` features."""
+    """Encodes points in [0, 1]^3 into ``n_levels * n_features_per_level`` features.
+
+    On CUDA with tiny-cuda-nn installed (``backend`` auto or tcnn), its fused kernel runs on this
+    module's own table, so checkpoints are the same for both backends.
+    """
 
     def __init__(self, spec: HashGridSpec):
         super().__init__()
@@ -76,6 +93,27 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """points: [N, 3] in [0, 1] -> features [N, n_levels * n_features_per_level]."""
+        if points.is_cuda and self.spec.backend != "torch" and tcnn_available():
+            return self._tcnn_forward(points)
+        return self._torch_forward(points)
+
+    def _tcnn_forward(self, points: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "_tcnn"):
+            import tinycudann as tcnn
+
+            config = {"otype": "HashGrid", "n_levels": self.spec.n_levels, "n_features_per_level": self.spec.n_features_per_level,
+                      "log2_hashmap_size": self.spec.log2_hashmap_size, "base_resolution": self.spec.base_resolution,
+                      "per_level_scale": self.spec.per_level_scale, "interpolation": "Linear"}
+            module = tcnn.Encoding(3, config, dtype=torch.float32)
+            if module.params.numel() != self.table.numel():
+                raise RuntimeError(f"tiny-cuda-nn allocates {module.params.numel()} hash-grid parameters, this table has "
+                                   f"{self.table.numel()}; set geometry.grid.backend=torch")
+            del module.params  # it runs on this module's table instead (not registered: state dicts stay as they are)
+            object.__setattr__(self, "_tcnn", module)
+        self._tcnn.params = self.table.view(-1)
+        return self._tcnn(points.contiguous()).float()
+
+    def _torch_forward(self, points: torch.Tensor) -> torch.Tensor:
         scaled = points[:, None, :] * self.level_scales[:, None] + 0.5  # [N, L, 3]
         floor = scaled.floor()
         frac = scaled - floor

@@ -1,3 +1,4 @@
+import importlib.util
 import math
 from types import SimpleNamespace
 
@@ -189,3 +190,15 @@ def test_occupancy_grid_marks_the_sphere_and_forgets_with_decay():
         grid.update(moved_sphere, generator)
     assert not grid.is_occupied(torch.tensor([[0.0, 0.0, 0.0]])).any()
     assert grid.is_occupied(torch.tensor([[0.5, 0.5, 0.5]])).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("tinycudann") is None,
+                    reason="tiny-cuda-nn parity needs CUDA and tinycudann")
+def test_tiny_cuda_nn_and_pytorch_hash_grids_agree():
+    torch.manual_seed(0)
+    tcnn_grid = HashGridEncoding(HashGridSpec(backend="tcnn")).cuda()
+    nn.init.uniform_(tcnn_grid.table, -1, 1)
+    torch_grid = HashGridEncoding(HashGridSpec(backend="torch")).cuda()
+    torch_grid.load_state_dict(tcnn_grid.state_dict())
+    points = torch.rand(10000, 3, device="cuda")
+    torch.testing.assert_close(tcnn_grid(points), torch_grid(points), atol=1e-4, rtol=1e-3)
