@@ -166,3 +166,12 @@ def test_method_configs_complete_a_short_run_on_the_tiny_teacher(config, fast_ov
     assert launch.main(args) == 0
     run = next(Path(out).glob(f"{config}/*"))
     assert (run / "mesh" / "model.glb").exists() and (run / "turntable.mp4").exists()
+
+
+def test_the_shapeworld_evaluator_accepts_an_exported_mesh(finished_run):
+    from threed.shapeworld import evaluate_mesh
+
+    run, _ = finished_run
+    score = evaluate_mesh(trimesh.load(run / "mesh" / "model.ply", force="mesh"), "a red vase")
+    assert all(np.isfinite(score[key]) for key in ("chamfer", "iou", "color_error"))
+    assert 0.0 <= score["iou"] <= 1.0 and score["chamfer"] > 0.0

@@ -8,10 +8,14 @@ ray cast by sphere tracing it, meshes are extracted by marching cubes.
 Command line::
 
     python -m threed.shapeworld generate OUT.npz --per-prompt N --seed S
+    python -m threed.shapeworld eval MESH --prompt "a red torus"
+    python -m threed.shapeworld meshes OUT_DIR
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import math
 import os
 from dataclasses import dataclass, replace
@@ -26,6 +30,7 @@ from tqdm import tqdm
 
 from guidance.prompts import VIEWS, ViewPromptSpec, view_index, view_prompt
 from nerf.rays import Rays, intersect_box
+from threed.mesh_metrics import score_mesh
 from threed.cameras import CameraBatch, CameraSpec, sample_cameras
 
 SignedDistance = Callable[[torch.Tensor], torch.Tensor]
@@ -335,6 +340,12 @@ def write_npz_atomically(path: Path, arrays: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def ground_truth_mesh(shape: str, resolution: int = 128) -> trimesh.Trimesh:
+    """The canon surface of ``shape`` (a fresh copy; see _ground_truth_mesh)."""
+    return _ground_truth_mesh(shape, resolution).copy()
+
+
+@functools.lru_cache(maxsize=12)
+def _ground_truth_mesh(shape: str, resolution: int) -> trimesh.Trimesh:
     """The canon surface of ``shape`` in world units, by marching cubes of its signed distance sampled on a
     ``resolution``^3 grid over the scene box [-0.5, 0.5]^3: closed, with outward-facing triangles."""
     axis = torch.linspace(-SCENE_HALF_EXTENT, SCENE_HALF_EXTENT, resolution, dtype=torch.float64)
@@ -360,6 +371,42 @@ def _generate_command(arguments: argparse.Namespace) -> None:
     print(f"wrote {len(dataset['images'])} images to {arguments.out}")
 
 
+def parse_prompt(prompt: str) -> tuple[str, str]:
+    """"a red torus" (a view suffix is allowed) -> ("torus", "red"); a ValueError names the canon otherwise."""
+    words = prompt.split(",")[0].strip().lower().split()
+    if len(words) != 3 or words[0] not in ("a", "an") or words[1] not in ALBEDOS or words[2] not in SIGNED_DISTANCES:
+        raise ValueError(f"{prompt!r} is not a ShapeWorld prompt: use 'a COLOUR SHAPE' with a colour of "
+                         f"{list(COLOURS)} and a shape of {list(SHAPES)}")
+    return words[2], words[1]
+
+
+def evaluate_mesh(mesh: trimesh.Trimesh, prompt: str) -> dict:
+    """The evaluator's numbers for a mesh made for a ShapeWorld prompt (see threed.mesh_metrics)."""
+    shape, colour = parse_prompt(prompt)
+
+    def inside(points: np.ndarray) -> np.ndarray:
+        return (SIGNED_DISTANCES[shape](torch.from_numpy(points)) < 0).numpy()
+
+    score = score_mesh(mesh, ground_truth_mesh(shape), inside, ALBEDOS[colour], half_extent=SCENE_HALF_EXTENT)
+    return {"prompt": prompt, "shape": shape, "colour": colour, **score.as_dict()}
+
+
+def _eval_command(arguments: argparse.Namespace) -> None:
+    try:
+        parse_prompt(arguments.prompt)  # before the (slow) loading, so a typo fails at once
+        mesh = trimesh.load(arguments.mesh, force="mesh")
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(json.dumps(evaluate_mesh(mesh, arguments.prompt)))
+
+
+def _meshes_command(arguments: argparse.Namespace) -> None:
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    for shape in SHAPES:
+        ground_truth_mesh(shape, arguments.resolution).export(arguments.out / f"{shape}.ply")
+    print(f"wrote {len(SHAPES)} ground-truth meshes to {arguments.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m threed.shapeworld", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -368,6 +415,14 @@ def main(argv: list[str] | None = None) -> None:
     generate.add_argument("--per-prompt", type=int, default=160, help="images per prompt (36 prompts)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=_generate_command)
+    evaluate = commands.add_parser("eval", help="score a mesh against the canon object of its prompt (JSON)")
+    evaluate.add_argument("mesh", type=Path, help="OBJ, GLB or PLY")
+    evaluate.add_argument("--prompt", required=True, help='e.g. "a red torus"')
+    evaluate.set_defaults(run=_eval_command)
+    meshes = commands.add_parser("meshes", help="write the canon's ground-truth meshes as PLY files")
+    meshes.add_argument("out", type=Path, help="folder")
+    meshes.add_argument("--resolution", type=int, default=128, help="marching-cubes grid")
+    meshes.set_defaults(run=_meshes_command)
     arguments = parser.parse_args(argv)
     arguments.run(arguments)
 

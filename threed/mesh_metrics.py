@@ -1,0 +1,82 @@
+"""Comparing an exported mesh with a ground truth: Chamfer distance (minimised over rotations about
+z), volumetric IoU and the colour error of the mean surface colour, in chromaticity."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import trimesh
+from scipy.spatial import cKDTree
+
+Inside = Callable[[np.ndarray], np.ndarray]  # points [N, 3] -> bool [N]
+
+
+@dataclass
+class MeshScore:
+    chamfer: float  # mean of the two mean nearest-neighbour distances, scene units
+    iou: float  # volumetric intersection over union
+    color_error: float  # distance between chromaticities (rgb / (r + g + b))
+    rotation_deg: float  # rotation about z of the mesh that fits best
+
+    def as_dict(self) -> dict:
+        return {"chamfer": self.chamfer, "iou": self.iou, "color_error": self.color_error, "rotation_deg": self.rotation_deg}
+
+
+def rotation_z(degrees: float) -> np.ndarray:
+    angle = math.radians(degrees)
+    return np.array([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+
+
+def chamfer(points: np.ndarray, truth_points: np.ndarray, truth_tree: cKDTree) -> float:
+    to_truth = truth_tree.query(points)[0].mean()
+    from_truth = cKDTree(points).query(truth_points)[0].mean()
+    return 0.5 * (to_truth + from_truth)
+
+
+def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area-uniform points [count, 3] on the surface and their colours [count, 3] in [0, 1] (vertex colours
+    interpolated; grey without colours)."""
+    points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    if mesh.visual.kind != "vertex":
+        return points, np.full((count, 3), 0.5)
+    corners = mesh.vertices[mesh.faces[faces]]  # [count, 3, 3]
+    barycentric = trimesh.triangles.points_to_barycentric(corners, points)
+    colors = np.asarray(mesh.visual.vertex_colors)[mesh.faces[faces], :3] / 255.0  # [count, 3, 3]
+    return points, (barycentric[..., None] * colors).sum(axis=1)
+
+
+def chromaticity(rgb: np.ndarray) -> np.ndarray:
+    return rgb / max(float(rgb.sum()), 1e-8)
+
+
+def best_rotation(points: np.ndarray, truth_points: np.ndarray, coarse_step_deg: float = 10.0,
+                  fine_step_deg: float = 1.0, coarse_samples: int = 4000) -> tuple[float, float]:
+    """(Chamfer distance, angle) minimised over rotations of ``points`` about z: a coarse sweep of the
+    circle on a subsample of the points, then a fine one around the best coarse angle on all of them."""
+
+    def sweep(angles: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
+        tree = cKDTree(theirs)
+        distances = [chamfer(mine @ rotation_z(angle).T, theirs, tree) for angle in angles]
+        best = int(np.argmin(distances))
+        return distances[best], float(angles[best])
+
+    _, coarse = sweep(np.arange(0.0, 360.0, coarse_step_deg), points[:coarse_samples], truth_points[:coarse_samples])
+    return sweep(coarse + np.arange(-coarse_step_deg, coarse_step_deg + 1e-9, fine_step_deg), points, truth_points)
+
+
+def score_mesh(mesh: trimesh.Trimesh, truth: trimesh.Trimesh, inside_truth: Inside, albedo: tuple[float, float, float],
+               half_extent: float = 0.5, samples: int = 30000, grid: int = 48, seed: int = 0) -> MeshScore:
+    """Scores ``mesh`` against ``truth``; IoU on a ``grid``^3 lattice over [-half_extent, half_extent]^3."""
+    points, colors = surface_samples(mesh, samples, seed)
+    truth_points, _ = surface_samples(truth, samples, seed + 1)
+    distance, angle = best_rotation(points, truth_points)
+    axis = (np.arange(grid) + 0.5) / grid * (2 * half_extent) - half_extent
+    lattice = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    in_truth = inside_truth(lattice)
+    in_mesh = mesh.contains(lattice @ rotation_z(angle))  # the lattice, turned back into the mesh's frame
+    union = np.logical_or(in_truth, in_mesh).sum()
+    iou = float(np.logical_and(in_truth, in_mesh).sum() / union) if union else 0.0
+    color_error = float(np.linalg.norm(chromaticity(colors.mean(axis=0)) - chromaticity(np.asarray(albedo))))
+    return MeshScore(float(distance), iou, color_error, angle % 360.0)
