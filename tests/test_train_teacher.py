@@ -1,0 +1,59 @@
+"""The ShapeWorld teacher's training script, at toy size: it trains, saves a pipeline the project
+loads like Stable Diffusion, samples 64 x 64 images, and resumes."""
+import torch
+
+from guidance.pixel_pipeline import PixelDiffusionPipeline
+from guidance.teacher import DiffusionTeacher, TeacherSpec
+from threed import train_teacher
+
+
+def test_teacher_trains_and_saves_a_loadable_pipeline(tmp_path, monkeypatch):
+    out = tmp_path / "teacher"
+    args = [str(out), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--checkpoint-every", "2"]
+    train_teacher.main([*args, "--steps", "2"])
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+
+    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=str(out / "pipeline")), torch.device("cpu"))
+    assert teacher.vae is None and teacher.image_size == 64
+    assert teacher.scheduler.config.prediction_type == "v_prediction"
+    ids = teacher.tokenizer("a orange cylinder, overhead view").input_ids
+    assert len(ids) == 8  # bos, one token per word and the comma, eos
+
+    pipeline = PixelDiffusionPipeline.from_pretrained(out / "pipeline")
+    pipeline.set_progress_bar_config(disable=True)
+    image = pipeline("a red torus, front view", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                     output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
+
+
+
+def test_a_killed_teacher_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    torch.use_deterministic_algorithms(True)
+    images, captions = train_teacher.load_data(None, per_prompt=1, seed=0)
+
+    def trainer(out):
+        return train_teacher.TeacherTrainer(out, train_teacher.ARCHITECTURES["test"], steps=4, batch=4, lr=1e-3,
+                                            seed=0, bf16=False)
+
+    uninterrupted = trainer(tmp_path / "a")
+    uninterrupted.fit(images, captions, checkpoint_every=2)
+
+    killed = trainer(tmp_path / "b")
+    save = train_teacher.TeacherTrainer.save
+
+    def save_then_die(self):
+        save(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_teacher.TeacherTrainer, "save", save_then_die)
+    try:
+        killed.fit(images, captions, checkpoint_every=2)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(train_teacher.TeacherTrainer, "save", save)
+    resumed = trainer(tmp_path / "b")
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.fit(images, captions, checkpoint_every=2)
+    for name, value in uninterrupted.unet.state_dict().items():
+        assert torch.equal(resumed.unet.state_dict()[name], value), name
