@@ -4,6 +4,7 @@
     python launch.py --resume RUN_DIR [key.path=value ...]
     python launch.py --test RUN_DIR
     python launch.py --export RUN_DIR --format obj
+    python launch.py --compare --config configs/tiny.yaml --prompt "a red vase" --methods uni-instruct:fkl,vsd,sds --seeds 0,1
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import torch
 
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
-from threed.artifacts import load_trained_field, write_meshes, write_video
+from threed.artifacts import load_trained_field, train_and_export, write_meshes, write_video
 from threed.config import EXPORT_FORMATS, load_config, save_config
 from threed.errors import UserError
 from threed.runs import create_run, existing_run
@@ -30,16 +31,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     mode.add_argument("--test", metavar="RUN_DIR", help="render the run's turntable video")
     mode.add_argument("--export", metavar="RUN_DIR", help="export the run's mesh")
+    mode.add_argument("--compare", action="store_true", help="compare --methods over --seeds on one prompt")
     parser.add_argument("--config", help="YAML config (for --train)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, help="mesh format for --export (default: all of export.formats)")
     parser.add_argument("--prompt", help="shorthand for prompt=TEXT")
     parser.add_argument("--seed", type=int, help="shorthand for seed=N")
     parser.add_argument("--outputs", help="shorthand for outputs=DIR (default: outputs)")
+    parser.add_argument("--methods", default="uni-instruct:fkl,vsd,sds",
+                        help="for --compare: estimators, with a divergence where they use one (uni-instruct:fkl,vsd,sds)")
+    parser.add_argument("--seeds", default="0,1,2", help="for --compare: comma-separated seeds")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     args = parser.parse_args(argv)
-    if args.train and not args.config:
-        parser.error("--train needs --config FILE (e.g. configs/tiny.yaml)")
+    if (args.train or args.compare) and not args.config:
+        parser.error("--train and --compare need --config FILE (e.g. configs/tiny.yaml)")
     return args
 
 
@@ -54,6 +59,12 @@ def quote(value) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.compare:
+        from threed.compare import compare, parse_methods, parse_seeds
+
+        root = compare(args.config, overrides_from(args), parse_methods(args.methods), parse_seeds(args.seeds))
+        log.info("comparison: %s (grid.mp4, grid.png, table.md, table.csv)", root)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.train:
         config = load_config(args.config, overrides_from(args))
@@ -68,19 +79,13 @@ def run(args: argparse.Namespace) -> None:
     log.info("run folder: %s (device: %s)", paths.root, device)
 
     if teacher is not None:
-        from threed.trainer import Trainer
-
-        trainer = Trainer(config, paths, teacher)
-        if args.resume:
-            trainer.resume()
-        trainer.fit()
-        field = trainer.field.eval()
+        train_and_export(config, paths, teacher, resume=bool(args.resume))
     else:
         field = load_trained_field(config, paths, device)
-    if args.train or args.resume or args.test:
-        write_video(field, config, paths)
-    if args.train or args.resume or args.export:
-        write_meshes(field, config, paths, [args.format] if args.format else config.export.formats)
+        if args.test:
+            write_video(field, config, paths)
+        if args.export:
+            write_meshes(field, config, paths, [args.format] if args.format else config.export.formats)
     log.info("done: %s", paths.root)
 
 

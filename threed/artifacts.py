@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 
+from guidance.teacher import DiffusionTeacher
 from nerf.field import RadianceField
 from threed.checkpoint import latest_checkpoint, load_checkpoint
 from threed.config import Config
@@ -36,3 +38,18 @@ def write_meshes(field: RadianceField, config: Config, paths: RunPaths, formats:
     for file_format in formats:
         save_mesh(mesh, paths.mesh(file_format))
         log.info("mesh (%d vertices): %s", len(mesh.vertices), paths.mesh(file_format))
+
+
+def train_and_export(config: Config, paths: RunPaths, teacher: DiffusionTeacher, resume: bool = False,
+                     stop_requested: Callable[[], bool] = lambda: False) -> RadianceField:
+    """Trains (from the run's last checkpoint with ``resume``), then writes the video and the meshes."""
+    from threed.trainer import Trainer
+
+    trainer = Trainer(config, paths, teacher)
+    if resume:
+        trainer.resume()
+    trainer.fit(stop_requested)
+    field = trainer.field.eval()
+    write_video(field, config, paths)
+    write_meshes(field, config, paths, config.export.formats)
+    return field

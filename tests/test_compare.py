@@ -1,0 +1,42 @@
+"""The divergence comparison: 2 methods x 2 seeds, its grids and tables, and the skip on a second call."""
+import csv
+from pathlib import Path
+
+import imageio.v2 as imageio
+import pytest
+
+import launch
+from threed.compare import parse_methods, parse_seeds
+from threed.errors import ConfigError
+
+
+def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overrides, caplog):
+    out = Path(next(o.split("=", 1)[1] for o in fast_overrides if o.startswith("outputs=")))
+    args = ["--compare", "--config", "configs/tiny.yaml", "--prompt", "a red cube", "--methods", "uni-instruct:fkl,sds",
+            "--seeds", "0,1", *fast_overrides, "trainer.max_steps=2", "export.formats=[glb]", "video.frames=3"]
+    assert launch.main(args) == 0
+    root = out / "compare" / "tiny" / "a_red_cube"
+    grid = imageio.imread(root / "grid.png")
+    assert grid.shape[0] == 16 + 2 * 32 and grid.shape[1] > 2 * 32  # header row of seeds, header column of methods
+    assert (grid[16:, -64:] < 250).any()  # the renders themselves, not just white
+    assert len(imageio.mimread(root / "grid.mp4")) == 3
+    rows = list(csv.DictReader(open(root / "table.csv")))
+    assert [r["method"] for r in rows] == ["uni-instruct:fkl", "sds"]
+    assert {"wall_time_s", "chamfer", "iou", "color_error", "diversity"} <= set(rows[0])
+    assert float(rows[0]["diversity"]) > 0 and float(rows[0]["wall_time_s"]) > 0
+    assert "| uni-instruct:fkl |" in (root / "table.md").read_text()
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert launch.main(args) == 0
+    assert caplog.text.count("finished, skipped") == 4
+
+
+def test_method_and_seed_lists_are_checked():
+    assert [m.label for m in parse_methods("uni-instruct:jkl, vsd ,sid")] == ["uni-instruct:jkl", "vsd", "sid"]
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    for bad, message in (("magic", "unknown estimator"), ("uni-instruct", "needs a divergence"), ("sds:fkl", "takes no divergence")):
+        with pytest.raises(ConfigError, match=message):
+            parse_methods(bad)
+    with pytest.raises(ConfigError, match="comma-separated"):
+        parse_seeds("0,x")

@@ -1,0 +1,200 @@
+"""Side-by-side comparison of estimators and divergences on one prompt over several seeds.
+
+Every method x seed cell is a run folder under ``<outputs>/compare/<config name>/<prompt slug>/``,
+named by method and seed (no timestamp), so a second call skips the finished cells and resumes an
+interrupted one from its checkpoint. Then: a turntable grid video and a grid image (rows: methods,
+columns: seeds, each cell labelled) and a table (Markdown and CSV) with each method's wall time,
+the ShapeWorld evaluator's numbers when the prompt is in the canon, and the diversity across seeds
+(mean pairwise Chamfer distance between the seeds' meshes).
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+import trimesh
+from PIL import Image, ImageDraw
+from scipy.spatial import cKDTree
+
+from guidance.distillation import ESTIMATORS
+from guidance.divergences import DIVERGENCES
+from guidance.teacher import DiffusionTeacher
+from threed.artifacts import train_and_export
+from threed.config import Config, load_config, save_config
+from threed.errors import ConfigError
+from threed.mesh_metrics import chamfer, surface_samples
+from threed.runs import RunPaths, prompt_slug
+from threed.shapeworld import evaluate_mesh, parse_prompt
+
+log = logging.getLogger(__name__)
+USES_DIVERGENCE = ("uni-instruct", "f-distill")
+
+
+@dataclass(frozen=True)
+class Method:
+    estimator: str
+    divergence: str = ""  # for uni-instruct and f-distill
+
+    @property
+    def label(self) -> str:
+        return f"{self.estimator}:{self.divergence}" if self.divergence else self.estimator
+
+    def overrides(self) -> list[str]:
+        return [f"guidance.estimator={self.estimator}"] + ([f"guidance.divergence={self.divergence}"] if self.divergence else [])
+
+
+def parse_methods(text: str) -> list[Method]:
+    """"uni-instruct:fkl,vsd,sds" -> methods; a divergence is required exactly where the estimator uses one."""
+    methods = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        estimator, _, divergence = item.partition(":")
+        if estimator not in ESTIMATORS:
+            raise ConfigError(f"--methods: unknown estimator {estimator!r}; use one of {list(ESTIMATORS)}")
+        if estimator in USES_DIVERGENCE and divergence not in DIVERGENCES:
+            raise ConfigError(f"--methods: {estimator} needs a divergence, e.g. {estimator}:fkl; one of {list(DIVERGENCES)}")
+        if estimator not in USES_DIVERGENCE and divergence:
+            raise ConfigError(f"--methods: {estimator} takes no divergence (got {item!r})")
+        methods.append(Method(estimator, divergence))
+    if not methods:
+        raise ConfigError("--methods is empty; e.g. --methods uni-instruct:fkl,vsd,sds")
+    return methods
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty; e.g. --seeds 0,1,2")
+    return seeds
+
+
+@dataclass
+class Cell:
+    method: Method
+    seed: int
+    paths: RunPaths
+    config: Config
+
+    @property
+    def record(self) -> Path:
+        return self.paths.root / "cell.json"
+
+    def finished(self) -> bool:
+        return self.record.is_file()
+
+
+    @property
+    def mesh(self) -> Path:
+        return self.paths.mesh(self.config.export.formats[0])
+
+
+def run_cell(cell: Cell, device: torch.device) -> None:
+    """Trains one cell (resuming a partial one) and records its wall time."""
+    resume = cell.paths.config.is_file()
+    cell.paths.root.mkdir(parents=True, exist_ok=True)
+    save_config(cell.config, cell.paths.config)
+    started = time.perf_counter()
+    teacher = DiffusionTeacher.from_pretrained(cell.config.teacher, device)  # per cell: LoRA may share its U-Net
+    train_and_export(cell.config, cell.paths, teacher, resume=resume)
+    partial = cell.record.with_suffix(".partial")
+    partial.write_text(json.dumps({"method": cell.method.label, "seed": cell.seed,
+                                   "wall_time_s": time.perf_counter() - started}))
+    partial.replace(cell.record)
+
+
+def compare(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> Path:
+    """Runs the missing cells, then writes the grids and tables; returns the comparison folder."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base = load_config(config_path, overrides)
+    root = Path(base.outputs) / "compare" / base.name / prompt_slug(base.prompt)
+    cells = [Cell(m, s, RunPaths(root / m.label.replace(":", "-") / f"seed{s}"),
+                  load_config(config_path, [*overrides, *m.overrides(), f"seed={s}"]))
+             for m, s in itertools.product(methods, seeds)]
+    log.info("comparison folder: %s", root)
+    for cell in cells:
+        if cell.finished():
+            log.info("%s seed %d: finished, skipped", cell.method.label, cell.seed)
+            continue
+        log.info("%s seed %d: training", cell.method.label, cell.seed)
+        run_cell(cell, device)
+    write_grids(cells, methods, seeds, root)
+    write_tables(cells, methods, base.prompt, root)
+    return root
+
+
+def text_tile(text: str, width: int, height: int) -> np.ndarray:
+    """A white [height, width, 3] uint8 tile with ``text`` at its left, centred vertically."""
+    tile = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(tile).text((3, max(0, height // 2 - 6)), text, fill="black")
+    return np.asarray(tile)
+
+
+def write_grids(cells: list[Cell], methods: list[Method], seeds: list[int], root: Path) -> None:
+    """grid.mp4 and grid.png (its first frame): a header row of seeds, a header column of methods."""
+    videos = {(c.method, c.seed): imageio.mimread(c.paths.video, memtest=False) for c in cells}
+    frames = min(len(v) for v in videos.values())
+    height, width = np.asarray(videos[(methods[0], seeds[0])][0]).shape[:2]
+    label_width = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(m.label)) for m in methods) + 8
+    header = np.concatenate([text_tile("", label_width, 16)] + [text_tile(f"seed {s}", width, 16) for s in seeds], axis=1)
+
+    def grid(index: int) -> np.ndarray:
+        rows = [np.concatenate([text_tile(m.label, label_width, height)]
+                               + [np.asarray(videos[(m, s)][index])[..., :3] for s in seeds], axis=1) for m in methods]
+        return np.concatenate([header, *rows], axis=0)
+
+    imageio.imwrite(root / "grid.png", grid(0))
+    imageio.mimwrite(root / "grid.mp4", [grid(i) for i in range(frames)], fps=24, macro_block_size=1, format="FFMPEG")
+
+
+def diversity(meshes: list[trimesh.Trimesh]) -> float | None:
+    """Mean pairwise Chamfer distance between the seeds' meshes (None for a single seed)."""
+    samples = [surface_samples(mesh, 5000, seed=0)[0] for mesh in meshes]
+    pairs = list(itertools.combinations(samples, 2))
+    if not pairs:
+        return None
+    return float(np.mean([chamfer(a, b, cKDTree(b)) for a, b in pairs]))
+
+
+def is_canon_prompt(prompt: str) -> bool:
+    try:
+        parse_prompt(prompt)
+    except ValueError:
+        return False
+    return True
+
+
+def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Path) -> None:
+    in_canon = is_canon_prompt(prompt)
+    rows = []
+    for method in methods:
+        mine = [c for c in cells if c.method == method]
+        meshes = [trimesh.load(c.mesh, force="mesh") for c in mine]
+        row = {"method": method.label, "seeds": len(mine),
+               "wall_time_s": np.mean([json.loads(c.record.read_text())["wall_time_s"] for c in mine])}
+        if in_canon:
+            scores = [evaluate_mesh(mesh, prompt) for mesh in meshes]
+            row.update({key: float(np.mean([s[key] for s in scores])) for key in ("chamfer", "iou", "color_error")})
+        row["diversity"] = diversity(meshes)
+        rows.append(row)
+    columns = list(rows[0])
+    with open(root / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell_text(value) -> str:
+        return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell_text(row[c]) for c in columns) + " |" for row in rows]
+    (root / "table.md").write_text(f"Prompt: {prompt}\n\n" + "\n".join(lines) + "\n")
