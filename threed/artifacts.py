@@ -41,14 +41,16 @@ def write_meshes(field: RadianceField, config: Config, paths: RunPaths, formats:
 
 
 def train_and_export(config: Config, paths: RunPaths, teacher: DiffusionTeacher, resume: bool = False,
-                     stop_requested: Callable[[], bool] = lambda: False) -> RadianceField:
-    """Trains (from the run's last checkpoint with ``resume``), then writes the video and the meshes."""
+                     stop_requested: Callable[[], bool] = lambda: False,
+                     on_log: Callable[[dict], None] = lambda record: None) -> RadianceField:
+    """Trains (from the run's last checkpoint with ``resume``), then writes the video and the meshes.
+    ``stop_requested`` and ``on_log`` are passed to ``Trainer.fit``."""
     from threed.trainer import Trainer
 
     trainer = Trainer(config, paths, teacher)
     if resume:
         trainer.resume()
-    trainer.fit(stop_requested)
+    trainer.fit(stop_requested, on_log)
     field = trainer.field.eval()
     write_video(field, config, paths)
     write_meshes(field, config, paths, config.export.formats)

@@ -135,8 +135,10 @@ class Trainer:
         sum(losses.values()).backward(inputs=parameters)
         optimizer.step()
 
-    def fit(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
-        """Trains up to ``trainer.max_steps``; ``stop_requested`` is polled at each step to end early.
+    def fit(self, stop_requested: Callable[[], bool] = lambda: False,
+            on_log: Callable[[dict], None] = lambda record: None) -> None:
+        """Trains up to ``trainer.max_steps``; ``stop_requested`` is polled at each step to end early,
+        and ``on_log`` receives each metrics record (every ``trainer.log_every`` steps).
 
         Losses are read back from the device only at logging steps; a non-finite loss is then
         reported, and no checkpoint is written from parameters it may have touched.
@@ -153,6 +155,7 @@ class Trainer:
                     self._check_finite(nonfinite)
                     record = self._log(losses, (self.step - first_step) / (time.perf_counter() - started))
                     progress.set_postfix(loss=f"{record['loss']:.4g}")
+                    on_log(record)
                 if self.step % spec.val_every == 0:
                     self.save_validation()
                 if self.step % spec.checkpoint_every == 0:

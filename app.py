@@ -1,0 +1,177 @@
+"""Gradio demo: type a prompt, watch a 3D asset appear, download it; and compare methods side by side.
+
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--config configs/tiny.yaml] [key.path=value ...]
+
+The pipeline runs in this process (a worker thread per run, progress passed through a queue), on
+CUDA when present. Runs are queued, one at a time by default; each writes its own run folder
+under ``<outputs>/app/`` (the prompt only ever becomes a slug of [a-z0-9_]).
+"""
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from guidance.distillation import ESTIMATORS
+from guidance.divergences import DIVERGENCES
+from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
+from threed.artifacts import write_meshes, write_video
+from threed.cameras import turntable_cameras
+from threed.compare import compare, parse_methods, parse_seeds
+from threed.config import Config, load_config, save_config
+from threed.errors import UserError
+from threed.runs import create_run
+from threed.video import render_views
+
+MAX_PROMPT_CHARS = 200
+MAX_STEPS = 20000
+FINISHED = object()
+
+
+class DemoRunner:
+    """Turns the page's inputs into runs of the training pipeline, one at a time."""
+
+    def __init__(self, config_path: str, overrides: list[str]):
+        self.config_path, self.overrides = config_path, overrides
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.default = load_config(config_path, overrides)
+        self.stop_event = threading.Event()
+
+    def make_config(self, prompt: str, estimator: str, divergence: str, steps: float, seed: float, resolution: float,
+                    teacher: str) -> Config:
+        """The run's config; a gr.Error (shown in the page, no run started) for bad input."""
+        if not prompt or not prompt.strip():
+            raise gr.Error("Type a prompt first, e.g. “a red vase”.")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise gr.Error(f"The prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}.")
+        if not 1 <= steps <= MAX_STEPS:
+            raise gr.Error(f"Steps must be between 1 and {MAX_STEPS}.")
+        overrides = [f"prompt='{prompt.replace(chr(39), '')}'", f"guidance.estimator={estimator}",
+                     f"guidance.divergence={divergence}", f"trainer.max_steps={int(steps)}", f"seed={int(seed)}",
+                     f"camera.height={int(resolution)}", f"camera.width={int(resolution)}",
+                     f"teacher.pretrained='{teacher.strip() or self.default.teacher.pretrained}'", "name=app"]
+        try:
+            return load_config(self.config_path, [*self.overrides, *overrides])
+        except UserError as error:
+            raise gr.Error(str(error)) from None
+
+    def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher):
+        """Yields (status, preview, video, model, files) as training goes; the last has the results."""
+        config = self.make_config(prompt, estimator, divergence, steps, seed, resolution, teacher)
+        try:
+            teacher_model = DiffusionTeacher.from_pretrained(config.teacher, self.device)
+        except TeacherNotFoundError as error:
+            raise gr.Error(str(error)) from None
+        paths = create_run(config.outputs, config.name, config.prompt)
+        save_config(config, paths.config)
+        self.stop_event.clear()
+        updates: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, args=(config, paths, teacher_model, updates), daemon=True).start()
+        preview = None
+        while (item := updates.get()) is not FINISHED:
+            if isinstance(item, Exception):
+                raise gr.Error(f"The run failed: {item}")
+            record, preview = item
+            yield status(record, config), preview, None, None, None
+        files = [str(paths.mesh(f)) for f in config.export.formats]
+        yield f"Done: {paths.root}", preview, str(paths.video), str(paths.mesh("glb")), files
+
+    def _work(self, config: Config, paths, teacher: DiffusionTeacher, updates: queue.Queue) -> None:
+        from threed.trainer import Trainer
+
+        try:
+            trainer = Trainer(config, paths, teacher)
+            cameras = turntable_cameras(config.video, 1, 128, self.device)
+
+            def on_log(record: dict) -> None:
+                preview = render_views(trainer.field, cameras, config.render, config.background.color)[0]
+                updates.put((record, preview))
+
+            trainer.fit(self.stop_event.is_set, on_log)
+            write_video(trainer.field.eval(), config, paths)
+            write_meshes(trainer.field, config, paths, sorted(set(config.export.formats) | {"glb"}))
+            updates.put(FINISHED)
+        except Exception as error:  # reported in the page
+            updates.put(error)
+
+    def stop(self) -> str:
+        self.stop_event.set()
+        return "Stopping after this step; the video and meshes of what was made so far follow."
+
+    def compare(self, prompt, methods, seeds, steps):
+        try:
+            overrides = [*self.overrides, f"prompt='{prompt.replace(chr(39), '')}'", f"trainer.max_steps={int(steps)}"]
+            root = compare(self.config_path, overrides, parse_methods(methods), parse_seeds(seeds))
+        except UserError as error:
+            raise gr.Error(str(error)) from None
+        return str(root / "grid.png"), str(root / "grid.mp4"), (root / "table.md").read_text()
+
+
+def status(record: dict, config: Config) -> str:
+    done, total = record["step"], config.trainer.max_steps
+    remaining = (total - done) / max(record["it_per_s"], 1e-9)
+    return f"Step {done} / {total} · loss {record['loss']:.4g} · {record['it_per_s']:.2f} it/s · about {remaining:.0f} s left"
+
+
+def build_demo(runner: DemoRunner) -> gr.Blocks:
+    default = runner.default
+    with gr.Blocks(title="Uni-Instruct 3D") as demo:
+        gr.Markdown("# Uni-Instruct 3D\nType a prompt; a 3D asset is distilled from the teacher.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column():
+                    prompt = gr.Textbox(label="Prompt", value=default.prompt, max_lines=2)
+                    with gr.Row():
+                        estimator = gr.Dropdown(list(ESTIMATORS), value=default.guidance.estimator, label="Estimator")
+                        divergence = gr.Dropdown(list(DIVERGENCES), value=default.guidance.divergence, label="Divergence")
+                    with gr.Row():
+                        steps = gr.Number(value=default.trainer.max_steps, precision=0, label="Steps")
+                        seed = gr.Number(value=default.seed, precision=0, label="Seed")
+                        resolution = gr.Dropdown(sorted({16, 32, 64, 128, 256, default.camera.height}), value=default.camera.height,
+                                                 label="Render resolution")
+                    teacher = gr.Textbox(value=default.teacher.pretrained, label="Teacher (folder or hub id)")
+                    with gr.Row():
+                        run = gr.Button("Generate", variant="primary")
+                        stop = gr.Button("Stop")
+                    state = gr.Markdown()
+                with gr.Column():
+                    preview = gr.Image(label="Preview", type="numpy")
+                    video = gr.Video(label="Turntable")
+                    model = gr.Model3D(label="Mesh")
+                    files = gr.File(label="Download", file_count="multiple")
+            run.click(runner.generate, [prompt, estimator, divergence, steps, seed, resolution, teacher],
+                      [state, preview, video, model, files], api_name="generate")
+            stop.click(runner.stop, None, state, api_name="stop", queue=False)
+        with gr.Tab("Compare"):
+            compare_prompt = gr.Textbox(label="Prompt", value=default.prompt)
+            methods = gr.Textbox(label="Methods", value="uni-instruct:fkl,vsd,sds")
+            seeds = gr.Textbox(label="Seeds", value="0,1")
+            compare_steps = gr.Number(value=default.trainer.max_steps, precision=0, label="Steps")
+            compare_button = gr.Button("Compare", variant="primary")
+            grid_image, grid_video, table = gr.Image(label="Grid"), gr.Video(label="Grid turntable"), gr.Markdown()
+            compare_button.click(runner.compare, [compare_prompt, methods, seeds, compare_steps],
+                                 [grid_image, grid_video, table], api_name="compare")
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="a public gradio.live link (off unless asked for)")
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--queue-size", type=int, default=8, help="waiting runs before new ones are told to try later")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = parser.parse_args(argv)
+    demo = build_demo(DemoRunner(args.config, args.overrides))
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(Path.cwd())])
+
+
+if __name__ == "__main__":
+    main()
