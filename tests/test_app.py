@@ -1,9 +1,8 @@
 """The demo's API, driven with gradio_client against a server on localhost."""
 import socket
 
-import pytest
-
 import gradio_client
+import pytest
 
 
 def free_port() -> int:
