@@ -22,7 +22,7 @@ from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
 from threed.artifacts import write_meshes, write_video
 from threed.cameras import turntable_cameras
 from threed.compare import compare, parse_methods, parse_seeds
-from threed.config import Config, load_config, save_config
+from threed.config import Config, load_config, override, save_config
 from threed.errors import UserError
 from threed.runs import create_run
 from threed.video import render_views
@@ -50,10 +50,10 @@ class DemoRunner:
             raise gr.Error(f"The prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}.")
         if not 1 <= steps <= MAX_STEPS:
             raise gr.Error(f"Steps must be between 1 and {MAX_STEPS}.")
-        overrides = [f"prompt='{prompt.replace(chr(39), '')}'", f"guidance.estimator={estimator}",
-                     f"guidance.divergence={divergence}", f"trainer.max_steps={int(steps)}", f"seed={int(seed)}",
-                     f"camera.height={int(resolution)}", f"camera.width={int(resolution)}",
-                     f"teacher.pretrained='{teacher.strip() or self.default.teacher.pretrained}'", "name=app"]
+        overrides = [override("prompt", prompt), f"guidance.estimator={estimator}", f"guidance.divergence={divergence}",
+                     f"trainer.max_steps={int(steps)}", f"seed={int(seed)}", f"camera.height={int(resolution)}",
+                     f"camera.width={int(resolution)}", override("teacher.pretrained", teacher.strip() or self.default.teacher.pretrained),
+                     "name=app"]
         try:
             return load_config(self.config_path, [*self.overrides, *overrides])
         except UserError as error:
@@ -104,7 +104,7 @@ class DemoRunner:
 
     def compare(self, prompt, methods, seeds, steps):
         try:
-            overrides = [*self.overrides, f"prompt='{prompt.replace(chr(39), '')}'", f"trainer.max_steps={int(steps)}"]
+            overrides = [*self.overrides, override("prompt", prompt), f"trainer.max_steps={int(steps)}"]
             root = compare(self.config_path, overrides, parse_methods(methods), parse_seeds(seeds))
         except UserError as error:
             raise gr.Error(str(error)) from None

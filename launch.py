@@ -16,7 +16,7 @@ import torch
 
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
 from threed.artifacts import load_trained_field, train_and_export, write_meshes, write_video
-from threed.config import EXPORT_FORMATS, load_config, save_config
+from threed.config import EXPORT_FORMATS, load_config, override, save_config
 from threed.errors import UserError
 from threed.runs import create_run, existing_run
 
@@ -50,12 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
     shorthands = {"prompt": args.prompt, "seed": args.seed, "outputs": args.outputs}
-    return [f"{key}={quote(value)}" for key, value in shorthands.items() if value is not None] + args.overrides
-
-
-def quote(value) -> str:
-    """A value as omegaconf's dotlist reads it back unchanged (a prompt may hold commas or quotes)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'" if isinstance(value, str) else str(value)
+    return [override(key, value) for key, value in shorthands.items() if value is not None] + args.overrides
 
 
 def run(args: argparse.Namespace) -> None:

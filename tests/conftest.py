@@ -1,4 +1,5 @@
 import os
+import socket
 
 # Tests never reach the network: set before huggingface_hub is imported anywhere.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -25,13 +26,31 @@ def tiny_v_teacher(tmp_path_factory) -> str:
 
 @pytest.fixture
 def fast_overrides(tiny_teacher, tmp_path) -> list[str]:
-    """Overrides of configs/tiny.yaml that make a run take seconds."""
+    return overrides_for_fast_runs(tiny_teacher, tmp_path)
+
+
+def overrides_for_fast_runs(teacher: str, folder) -> list[str]:
+    """Overrides of configs/tiny.yaml that make a run take seconds, writing under ``folder``."""
     return [
-        f"teacher.pretrained={tiny_teacher}", f"outputs={tmp_path / 'outputs'}",
+        f"teacher.pretrained={teacher}", f"outputs={folder / 'outputs'}",
         "geometry.grid.n_levels=4", "geometry.grid.log2_hashmap_size=12", "geometry.grid.finest_resolution=64",
         "geometry.hidden_dim=16", "render.samples_per_ray=16", "camera.height=16", "camera.width=16",
         "trainer.max_steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.checkpoint_every=3",
         "trainer.val_views=2", "trainer.val_resolution=16", "video.frames=4", "video.resolution=32", "export.resolution=32",
-        f"guidance.sample_bank.cache_dir={tmp_path / 'sample-bank'}", "guidance.sample_bank.samples_per_view=2",
+        f"guidance.sample_bank.cache_dir={folder / 'sample-bank'}", "guidance.sample_bank.samples_per_view=2",
         "guidance.sample_bank.steps=2", "guidance.discriminator.hidden_channels=8",
     ]
+
+
+def start_demo(teacher: str, folder, *extra_overrides: str):
+    """The Gradio demo on a free localhost port, with fast-run overrides; call ``.close()`` after."""
+    import app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = app.DemoRunner("configs/tiny.yaml", [*overrides_for_fast_runs(teacher, folder), *extra_overrides])
+    demo = app.build_demo(runner)
+    demo.queue(default_concurrency_limit=1, max_size=4)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=["/tmp"])
+    return demo

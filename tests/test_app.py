@@ -1,26 +1,13 @@
 """The demo's API, driven with gradio_client against a server on localhost."""
-import socket
-
 import gradio_client
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import start_demo
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, tiny_teacher):
-    import app
-    from tests.conftest import fast_overrides
-
-    overrides = fast_overrides.__wrapped__(tiny_teacher, tmp_path_factory.mktemp("app"))
-    demo = app.build_demo(app.DemoRunner("configs/tiny.yaml", [*overrides, "trainer.log_every=1"]))
-    demo.queue(default_concurrency_limit=1, max_size=4)
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                allowed_paths=["/tmp"])
+    demo = start_demo(tiny_teacher, tmp_path_factory.mktemp("app"), "trainer.log_every=1")
     yield gradio_client.Client(demo.local_url, verbose=False)
     demo.close()
 

@@ -2,10 +2,11 @@
 short run, waits for the result and takes a screenshot (saved to $DEMO_SCREENSHOT when set)."""
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import start_demo
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -14,22 +15,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_person_generates_an_asset_in_the_page(tmp_path, tiny_teacher):
     from playwright.sync_api import sync_playwright
 
-    import app
-    from tests.conftest import fast_overrides
-
-    overrides = fast_overrides.__wrapped__(tiny_teacher, tmp_path)
-    demo = app.build_demo(app.DemoRunner("configs/tiny.yaml", [*overrides, "trainer.log_every=1", "video.resolution=128"]))
-    demo.queue(default_concurrency_limit=1, max_size=4)
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, allowed_paths=["/tmp"])
+    demo = start_demo(tiny_teacher, tmp_path, "trainer.log_every=1", "video.resolution=128")
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from guidance.schedules import Ramp
 from nerf.background import Background, BackgroundSpec
 from nerf.field import FieldSpec, RadianceField, TruncatedExp
 from nerf.hashgrid import HashGridSpec
@@ -11,7 +12,6 @@ from nerf.renderer import RenderOutput, RenderSpec, render_rays
 from nerf.shading import ShadingSpec, sample_shading_mode, shade
 from threed.cameras import CameraSpec, ResolutionStage, make_cameras, sample_cameras
 from threed.regularizers import RegularizerSpec, opacity_entropy, regularizer_losses, sparsity, z_variance
-from guidance.schedules import Ramp
 
 SMALL_GRID = HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)
 

@@ -3,6 +3,7 @@ import csv
 from pathlib import Path
 
 import imageio.v2 as imageio
+import numpy as np
 import pytest
 
 import launch
@@ -30,6 +31,14 @@ def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overri
     with caplog.at_level("INFO"):
         assert launch.main(args) == 0
     assert caplog.text.count("finished, skipped") == 4
+
+
+def test_odd_sized_frames_still_make_a_video(tmp_path):
+    from threed.video import write_mp4
+
+    frames = [np.full((33, 47, 3), 40 * i, dtype=np.uint8) for i in range(3)]
+    write_mp4(tmp_path / "odd.mp4", frames, fps=10)
+    assert np.asarray(imageio.mimread(tmp_path / "odd.mp4")).shape == (3, 34, 48, 3)
 
 
 def test_method_and_seed_lists_are_checked():

@@ -65,3 +65,10 @@ def test_a_base_cycle_is_an_error(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("prompt", ["a dog's house, side view", 'a "quoted" vase', "back\\slash = 1"])
+def test_override_round_trips_any_prompt(prompt):
+    from threed.config import override
+
+    assert load_config("configs/tiny.yaml", [override("prompt", prompt)]).prompt == prompt

@@ -9,6 +9,7 @@ import torch
 import trimesh
 
 import launch
+from tests.conftest import overrides_for_fast_runs
 from threed.checkpoint import list_checkpoints, load_checkpoint
 from threed.config import load_config
 
@@ -25,9 +26,7 @@ def final_field_state(run: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_teacher, tmp_path_factory) -> tuple[Path, list[str]]:
-    from tests.conftest import fast_overrides
-
-    overrides = fast_overrides.__wrapped__(tiny_teacher, tmp_path_factory.mktemp("run"))
+    overrides = overrides_for_fast_runs(tiny_teacher, tmp_path_factory.mktemp("run"))
     return train(overrides, "--prompt", "a red vase, front view", "--seed", "3"), overrides
 
 

@@ -3,8 +3,8 @@ import torch
 
 from guidance.distillation import GuidanceSpec, ScoreDistillation, ViewBatch
 from guidance.estimators import NoisedSample, sds
-from guidance.schedules import Ramp
 from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index
+from guidance.schedules import Ramp
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError, TeacherSpec
 
 CPU = torch.device("cpu")

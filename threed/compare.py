@@ -33,6 +33,7 @@ from threed.errors import ConfigError
 from threed.mesh_metrics import chamfer, surface_samples
 from threed.runs import RunPaths, prompt_slug
 from threed.shapeworld import evaluate_mesh, parse_prompt
+from threed.video import write_mp4
 
 log = logging.getLogger(__name__)
 USES_DIVERGENCE = ("uni-instruct", "f-distill")
@@ -148,12 +149,12 @@ def write_grids(cells: list[Cell], methods: list[Method], seeds: list[int], root
     header = np.concatenate([text_tile("", label_width, 16)] + [text_tile(f"seed {s}", width, 16) for s in seeds], axis=1)
 
     def grid(index: int) -> np.ndarray:
-        rows = [np.concatenate([text_tile(m.label, label_width, height)]
+        rows = [np.concatenate([text_tile(m.label.replace(":", " "), label_width, height)]
                                + [np.asarray(videos[(m, s)][index])[..., :3] for s in seeds], axis=1) for m in methods]
         return np.concatenate([header, *rows], axis=0)
 
     imageio.imwrite(root / "grid.png", grid(0))
-    imageio.mimwrite(root / "grid.mp4", [grid(i) for i in range(frames)], fps=24, macro_block_size=1, format="FFMPEG")
+    write_mp4(root / "grid.mp4", [grid(i) for i in range(frames)], fps=24)
 
 
 def diversity(meshes: list[trimesh.Trimesh]) -> float | None:

@@ -109,6 +109,14 @@ def read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list:
     return read_yaml_chain(path.parent / base, (*seen, path.resolve())) + [content]
 
 
+def override(key: str, value) -> str:
+    """``key=value`` as omegaconf's dotlist reads it back unchanged (a prompt may hold commas or quotes):
+    strings become YAML single-quoted scalars, where only the quote itself is escaped, by doubling."""
+    if isinstance(value, str):
+        value = "'" + value.replace("'", "''") + "'"
+    return f"{key}={value}"
+
+
 def parse_overrides(overrides: list[str]):
     for override in overrides:
         if "=" not in override or override.startswith("="):

@@ -112,9 +112,9 @@ class Trainer:
             occupancy.update(self.field.density, self.generator)
         cameras = sample_cameras(self.config.camera, self.generator, self.step)
         rays = cameras.rays()
+        mode = sample_shading_mode(self.render_spec.shading, self.generator)
         pixels = cameras.height * cameras.width
-        lighting = Lighting(cameras.light_positions.repeat_interleave(pixels, dim=0),
-                            sample_shading_mode(self.render_spec.shading, self.generator))
+        lighting = None if mode == "albedo" else Lighting(cameras.light_positions.repeat_interleave(pixels, dim=0), mode)
         background = self.background(rays.directions, len(cameras), self.generator)
         render = render_rays(self.field, rays, self.render_spec, self.generator, occupancy, lighting, background)
         images = render.as_images(len(cameras), cameras.height, cameras.width).rgb

@@ -39,7 +39,15 @@ def save_turntable_video(field: RadianceField, render_spec: RenderSpec, backgrou
     """Renders the turntable's frames and writes them as an H.264 mp4 (atomically)."""
     device = next(field.parameters()).device
     cameras = turntable_cameras(turntable, turntable.frames, turntable.resolution, device)
-    frames = render_views(field, cameras, render_spec, background_color)
+    write_mp4(path, list(render_views(field, cameras, render_spec, background_color)), turntable.fps)
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    """H.264 mp4 of uint8 frames [H, W, 3], written atomically. H.264's 4:2:0 chroma needs even sides:
+    odd ones get a white column or row."""
+    height, width = frames[0].shape[:2]
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
     partial = path.with_name(path.stem + ".partial" + path.suffix)
-    imageio.mimwrite(partial, list(frames), fps=turntable.fps, macro_block_size=1, format="FFMPEG")
+    imageio.mimwrite(partial, [np.pad(f, pad, constant_values=255) for f in frames], fps=fps, macro_block_size=1,
+                     format="FFMPEG")
     partial.replace(path)
