@@ -9,9 +9,12 @@ under ``<outputs>/app/`` (the prompt only ever becomes a slug of [a-z0-9_]).
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import threading
 from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo sends nothing anywhere unless asked to
 
 import gradio as gr
 import torch

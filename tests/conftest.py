@@ -1,8 +1,10 @@
 import os
 import socket
 
-# Tests never reach the network: set before huggingface_hub is imported anywhere.
+# Tests never reach the network: set before huggingface_hub or gradio is imported anywhere.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import pytest  # noqa: E402
 
