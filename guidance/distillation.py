@@ -11,6 +11,7 @@ which makes its reverse-KL case SiD at alpha = 1/2; SiD is already in x0 units. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -19,12 +20,13 @@ from guidance import estimators
 from guidance.discriminator import DiscriminatorHead, DiscriminatorSpec, adversarial_loss, discriminator_loss
 from guidance.divergences import DIVERGENCES, get_divergence
 from guidance.estimators import NoisedSample, RatioSpec
-from guidance.fake_score import FakePrediction, FakeScore, FakeScoreSpec
+from guidance.fake_score import FakeScore, FakeScoreSpec
 from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index, view_prompt
 from guidance.sample_bank import SampleBankSpec, load_or_sample_bank
 from guidance.schedules import Ramp, SwitchSpec
 from guidance.teacher import DiffusionTeacher
 
+T = TypeVar("T")
 ESTIMATORS = ("uni-instruct", "f-distill", "vsd", "sds", "sid")
 NEEDS_FAKE_SCORE = {"uni-instruct", "f-distill", "vsd", "sid"}
 NEEDS_RATIO = {"uni-instruct", "f-distill"}
@@ -70,6 +72,23 @@ class GuidanceSpec:
     def uses_discriminator(self) -> bool:
         adversarial = self.adversarial_weight.start > 0 or (self.adversarial_weight.end or 0) > 0
         return adversarial or bool(self.estimators_used() & NEEDS_RATIO)
+
+
+def once_per_input(network: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
+    """``network`` evaluated once per input within one training step, however many of its outputs
+    (the fake U-Net's eps and the logit; the teacher's score for an estimator and for SiD's
+    normaliser) are asked for. Inputs are the same when they share storage and shape (``x_t`` and
+    ``x_t.detach()``) and are both with or both without autograd: a call that must carry the graph
+    never reuses one that does not."""
+    cache: dict[tuple, T] = {}
+
+    def evaluate(x_t: torch.Tensor) -> T:
+        key = (x_t.data_ptr(), tuple(x_t.shape), torch.is_grad_enabled() and x_t.requires_grad)
+        if key not in cache:
+            cache[key] = network(x_t)
+        return cache[key]
+
+    return evaluate
 
 
 @dataclass
@@ -152,10 +171,11 @@ class ScoreDistillation(nn.Module):
         sample = NoisedSample(x0, eps, alpha, sigma)
         cond, uncond = self.prompts(views.elevation_deg, views.azimuth_deg)
         camera = views.c2w.flatten(1)
-        fake = self._cached_fake_prediction(t, cond, camera)
+        fake = once_per_input(lambda x_t: self.fake_score.predict(x_t, t, cond, camera))
+        teacher_eps = once_per_input(lambda x_t: self.teacher.predict_eps_cfg(x_t, t, cond, uncond, self.guidance_scale))
 
         def teacher_score(x_t: torch.Tensor) -> torch.Tensor:
-            return -self.teacher.predict_eps_cfg(x_t, t, cond, uncond, self.guidance_scale) / sigma
+            return -teacher_eps(x_t) / sigma
 
         def fake_score(x_t: torch.Tensor) -> torch.Tensor:
             return -fake(x_t).eps / sigma
@@ -181,17 +201,6 @@ class ScoreDistillation(nn.Module):
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(logit(sample.x_t))
         auxiliary = self._auxiliary_losses(x0.detach(), views, cond, camera, generator) if self.fake_score else {}
         return GuidanceOutput(generator_losses, auxiliary, t)
-
-    def _cached_fake_prediction(self, t: torch.Tensor, cond: torch.Tensor, camera: torch.Tensor):
-        """The fake U-Net at a given x_t, run once however many of its outputs (eps, logit) are asked for."""
-        cache: dict[str, object] = {}
-
-        def predict(x_t: torch.Tensor) -> FakePrediction:
-            if cache.get("x_t") is not x_t:
-                cache.update(x_t=x_t, prediction=self.fake_score.predict(x_t, t, cond, camera))
-            return cache["prediction"]
-
-        return predict
 
     def _time_weight(self, estimator: str, sample: NoisedSample, teacher_score) -> torch.Tensor:
         """[B] weights that put each estimator on its classic x0-gradient scale (module docstring)."""

@@ -121,3 +121,18 @@ def test_uni_instruct_trains_on_a_pixel_space_teacher(fast_overrides, tmp_path):
     assert trainer.guidance.sample_bank.shape == (4, 2, 3, 32, 32)  # views x samples x RGB pixels
     losses = trainer.training_step()
     assert all(torch.isfinite(value) for value in losses.values())
+
+
+@pytest.mark.parametrize("estimator, teacher_calls, fake_calls", [
+    ("vsd", 1, 2),  # estimator and SiD normaliser share the teacher call; fake: estimator, denoising loss
+    ("uni-instruct", 2, 3),  # the estimator's teacher call carries the graph; fake: eps + logit once, renders, bank
+])
+def test_each_network_runs_once_per_input_in_a_step(fast_overrides, estimator, teacher_calls, fake_calls):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, f"guidance.estimator={estimator}",
+                                               "guidance.normalize_per_sample=true"])
+    trainer = make_trainer(config)
+    calls = {"teacher": 0, "fake": 0}
+    trainer.guidance.teacher.unet.register_forward_hook(lambda *_: calls.__setitem__("teacher", calls["teacher"] + 1))
+    trainer.guidance.fake_score.unet.register_forward_hook(lambda *_: calls.__setitem__("fake", calls["fake"] + 1))
+    trainer.training_step()
+    assert calls == {"teacher": teacher_calls, "fake": fake_calls}
