@@ -1,6 +1,6 @@
 """Gradio demo: type a prompt, watch a 3D asset appear, download it; and compare methods side by side.
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--config configs/tiny.yaml] [key.path=value ...]
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--config configs/shapeworld.yaml] [key.path=value ...]
 
 The pipeline runs in this process (a worker thread per run, progress passed through a queue), on
 CUDA when present. Runs are queued, one at a time by default; each writes its own run folder
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="a public gradio.live link (off unless asked for)")
-    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--config", default="configs/shapeworld.yaml")
     parser.add_argument("--queue-size", type=int, default=8, help="waiting runs before new ones are told to try later")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = parser.parse_args(argv)

@@ -49,3 +49,32 @@ def test_method_and_seed_lists_are_checked():
             parse_methods(bad)
     with pytest.raises(ConfigError, match="comma-separated"):
         parse_seeds("0,x")
+
+
+def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overrides, tmp_path, capsys, caplog):
+    from threed import quality_table
+
+    table = tmp_path / "quality.md"
+    args = ["--config", "configs/tiny.yaml", "--methods", "sds,vsd", "--prompts", "a red cube; an orange vase",
+            "--out", str(table), *fast_overrides, "trainer.max_steps=2", "export.formats=[ply]", "video.frames=2"]
+    quality_table.main(args)
+    lines = table.read_text().splitlines()
+    runs = [line for line in lines if line.startswith("| a")]
+    assert [line.split(" | ")[:2] for line in runs] == [["| a red cube", "sds"], ["| a red cube", "vsd"],
+                                                         ["| an orange vase", "sds"], ["| an orange vase", "vsd"]]
+    medians = [line for line in lines if line.startswith("| **median**")]
+    assert len(medians) == 2 and "**vsd**" in medians[1]
+    iou = float(runs[0].split(" | ")[3])
+    assert 0.0 <= iou <= 1.0
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        quality_table.main(args)
+    assert caplog.text.count("finished, skipped") == 4
+
+
+def test_quality_table_checks_the_prompts_before_training(capsys):
+    from threed import quality_table
+
+    with pytest.raises(SystemExit, match="not a ShapeWorld prompt"):
+        quality_table.main(["--prompts", "a red cube;a hamburger"])

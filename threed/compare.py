@@ -93,6 +93,9 @@ class Cell:
     def finished(self) -> bool:
         return self.record.is_file()
 
+    @property
+    def wall_time_s(self) -> float:
+        return json.loads(self.record.read_text())["wall_time_s"]
 
     @property
     def mesh(self) -> Path:
@@ -113,21 +116,32 @@ def run_cell(cell: Cell, device: torch.device) -> None:
     partial.replace(cell.record)
 
 
-def compare(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> Path:
-    """Runs the missing cells, then writes the grids and tables; returns the comparison folder."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def plan_cells(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> tuple[Config, Path, list[Cell]]:
+    """The base config, the comparison folder of its prompt and one cell per method and seed."""
     base = load_config(config_path, overrides)
     root = Path(base.outputs) / "compare" / base.name / prompt_slug(base.prompt)
     cells = [Cell(m, s, RunPaths(root / m.label.replace(":", "-") / f"seed{s}"),
                   load_config(config_path, [*overrides, *m.overrides(), f"seed={s}"]))
              for m, s in itertools.product(methods, seeds)]
-    log.info("comparison folder: %s", root)
+    return base, root, cells
+
+
+def run_missing_cells(cells: list[Cell]) -> None:
+    """Trains the cells without a record, resuming a partial one; finished cells are skipped."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for cell in cells:
         if cell.finished():
             log.info("%s seed %d: finished, skipped", cell.method.label, cell.seed)
             continue
         log.info("%s seed %d: training", cell.method.label, cell.seed)
         run_cell(cell, device)
+
+
+def compare(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> Path:
+    """Runs the missing cells, then writes the grids and tables; returns the comparison folder."""
+    base, root, cells = plan_cells(config_path, overrides, methods, seeds)
+    log.info("comparison folder: %s", root)
+    run_missing_cells(cells)
     write_grids(cells, methods, seeds, root)
     write_tables(cells, methods, base.prompt, root)
     return root
@@ -181,7 +195,7 @@ def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Pa
         mine = [c for c in cells if c.method == method]
         meshes = [trimesh.load(c.mesh, force="mesh") for c in mine]
         row = {"method": method.label, "seeds": len(mine),
-               "wall_time_s": np.mean([json.loads(c.record.read_text())["wall_time_s"] for c in mine])}
+               "wall_time_s": np.mean([c.wall_time_s for c in mine])}
         if in_canon:
             scores = [evaluate_mesh(mesh, prompt) for mesh in meshes]
             row.update({key: float(np.mean([s[key] for s in scores])) for key in ("chamfer", "iou", "color_error")})

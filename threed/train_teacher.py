@@ -4,9 +4,10 @@ loads like Stable Diffusion.
 
     python -m threed.train_teacher assets/shapeworld-teacher --steps 20000 [--data data.npz] [--resume]
 
-Recipe (after the calibration notes in shapeworld.md): v-prediction on a cosine noise schedule,
-AdamW with a cosine learning rate, an EMA of the weights (what is saved), 10% caption dropout for
-classifier-free guidance, optional bf16 autocast. The text encoder is a small CLIP trained with the
+Recipe (after the calibration notes in shapeworld.md): v-prediction on a cosine noise schedule with
+min-SNR-5 loss weighting (Hang et al. 2023: faster convergence), AdamW with a warmed-up cosine
+learning rate, an EMA of the weights (what is saved), 10% caption dropout for classifier-free
+guidance, optional bf16 autocast (only faster on CPUs with AMX). The text encoder is a small CLIP trained with the
 U-Net; the tokenizer makes every canon word one token and loads offline.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
@@ -34,6 +35,7 @@ from threed.shapeworld import COLOURS, IMAGE_SIZE, SHAPES, generate_dataset
 
 log = logging.getLogger(__name__)
 MAX_TOKENS = 12  # "<bos> a orange cylinder , overhead view <eos>" is 8
+MIN_SNR_GAMMA = 5.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,13 @@ def build_models(architecture: Architecture, seed: int):
     return tokenizer, text_encoder, unet, scheduler
 
 
+def sampling_scheduler(training_scheduler: DDPMScheduler) -> DDIMScheduler:
+    """The pipeline's sampler: DDIM on the training noise schedule, trailing timesteps (the first step
+    starts from pure noise) and the predicted clean image clipped to the data range [-1, 1], which keeps
+    the white background white."""
+    return DDIMScheduler.from_config(training_scheduler.config, clip_sample=True, timestep_spacing="trailing")
+
+
 def load_data(path: Path | None, per_prompt: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """-> images [N, 3, 64, 64] in [-1, 1] and their captions."""
     data = dict(np.load(path)) if path is not None else generate_dataset(per_prompt, seed, show_progress=True)
@@ -81,12 +90,12 @@ def load_data(path: Path | None, per_prompt: int, seed: int) -> tuple[torch.Tens
 
 class TeacherTrainer:
     def __init__(self, out: Path, architecture: Architecture, steps: int, batch: int, lr: float, seed: int,
-                 bf16: bool):
+                 bf16: bool, warmup: int = 200):
         self.out, self.steps, self.batch, self.bf16 = out, steps, batch, bf16
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(architecture, seed)
         parameters = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         self.optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
-        self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(500, steps // 10), steps)
+        self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(warmup, steps // 10), steps)
         self.ema = EMAModel(parameters, decay=0.999, use_ema_warmup=True)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
@@ -112,7 +121,8 @@ class TeacherTrainer:
         log.info("resumed at step %d", self.step)
 
     def loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """v-prediction loss on a batch; a tenth of the captions are dropped for classifier-free guidance."""
+        """Min-SNR-weighted v-prediction loss on a batch; a tenth of the captions are dropped for
+        classifier-free guidance. For v-prediction the min-SNR weight is min(SNR, gamma) / (SNR + 1)."""
         drop = torch.rand(len(captions), generator=self.generator) < 0.1
         captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
         tokens = self.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
@@ -121,7 +131,11 @@ class TeacherTrainer:
         noisy = self.scheduler.add_noise(images, noise, t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             prediction = self.unet(noisy, t, encoder_hidden_states=self.text_encoder(tokens.input_ids)[0]).sample
-        return F.mse_loss(prediction.float(), self.scheduler.get_velocity(images, noise, t))
+        per_sample = F.mse_loss(prediction.float(), self.scheduler.get_velocity(images, noise, t), reduction="none")
+        alpha_bar = self.scheduler.alphas_cumprod[t]
+        snr = alpha_bar / (1.0 - alpha_bar)
+        weight = snr.clamp(max=MIN_SNR_GAMMA) / (snr + 1.0)
+        return (weight * per_sample.mean(dim=(1, 2, 3))).mean()
 
     def fit(self, images: torch.Tensor, captions: list[str], checkpoint_every: int) -> None:
         with tqdm(total=self.steps, initial=self.step, desc="teacher", dynamic_ncols=True) as progress:
@@ -139,16 +153,17 @@ class TeacherTrainer:
                 self.step += 1
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}")
-                if self.step % checkpoint_every == 0 or self.step == self.steps:
+                if self.step % checkpoint_every == 0:
                     self.save()
 
     def save(self) -> None:
-        """The resumable checkpoint, and the EMA weights as the pipeline folder ``pipeline/``."""
+        """The resumable checkpoint, and the EMA weights as the pipeline folder ``pipeline/`` with the
+        sampler of ``sampling_scheduler``."""
         save_atomic(self.state_dict(), self.checkpoint)
         unet, text_encoder = copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder)
         self.ema.copy_to(list(unet.parameters()) + list(text_encoder.parameters()))
         pipeline = PixelDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=self.tokenizer,
-                                          scheduler=self.scheduler)
+                                          scheduler=sampling_scheduler(self.scheduler))
         pipeline.save_pretrained(self.out / "pipeline")
 
 
@@ -157,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="run folder: checkpoint.pt and the pipeline/ folder")
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--warmup", type=int, default=200, help="learning-rate warmup steps")
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="small")
     parser.add_argument("--data", type=Path, help="an npz from `python -m threed.shapeworld generate` (default: render now)")
     parser.add_argument("--per-prompt", type=int, default=160, help="images per prompt when rendering now")
@@ -168,11 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    trainer = TeacherTrainer(args.out, ARCHITECTURES[args.architecture], args.steps, args.batch, args.lr, args.seed, args.bf16)
+    trainer = TeacherTrainer(args.out, ARCHITECTURES[args.architecture], args.steps, args.batch, args.lr, args.seed,
+                             args.bf16, args.warmup)
     if args.resume:
         trainer.resume()
     images, captions = load_data(args.data, args.per_prompt, args.seed)
     trainer.fit(images, captions, args.checkpoint_every)
+    trainer.save()  # also re-exports the pipeline of a finished run resumed with the same --steps
     log.info("teacher pipeline: %s", args.out / "pipeline")
 
 

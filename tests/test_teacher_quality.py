@@ -1,0 +1,54 @@
+"""The teacher-quality check: the shipped shape-and-colour classifier, its training, and the command
+that classifies a teacher's samples of the 36 prompts."""
+import json
+
+import imageio.v3 as imageio
+import pytest
+import torch
+
+from threed import teacher_quality, train_teacher
+from threed.shapeworld import COLOURS, SHAPES
+
+
+def test_the_shipped_classifier_recognises_fresh_renders():
+    images, shapes, colours = teacher_quality.dataset_tensors(per_prompt=2, seed=7)  # seeds it never saw
+    report = teacher_quality.accuracy_report(teacher_quality.load_classifier(), images, shapes, colours)
+    assert report["n_images"] == 72
+    assert report["shape_accuracy"] >= 0.95 and report["colour_accuracy"] >= 0.95
+
+
+def test_the_classifier_judges_colour_by_the_object_not_the_background():
+    images, shapes, colours = teacher_quality.dataset_tensors(per_prompt=1, seed=8)
+    red, blue = COLOURS.index("red"), COLOURS.index("blue")
+    reds = images[colours == red]
+    object_pixels = (reds < 0.99).any(dim=1, keepdim=True)
+    painted_blue = torch.where(object_pixels, reds[:, [2, 1, 0]], reds)  # swap red and blue channels
+    _, predicted = teacher_quality.load_classifier().predict(painted_blue)
+    assert (predicted == blue).float().mean() >= 0.8
+
+
+def test_classifier_training_learns_shape_and_colour():
+    classifier = teacher_quality.train_classifier(per_prompt=8, epochs=6, seed=3, batch=32)
+    report = teacher_quality.accuracy_report(classifier, *teacher_quality.dataset_tensors(per_prompt=2, seed=4))
+    assert report["colour_accuracy"] >= 0.9
+    assert report["shape_accuracy"] >= 0.5  # chance is 1/6
+
+
+def test_evaluate_command_samples_all_prompts_and_reports_json(tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    train_teacher.main([str(teacher), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--steps", "1"])
+    capsys.readouterr()
+    grid = tmp_path / "samples.png"
+    teacher_quality.main(["evaluate", str(teacher / "pipeline"), "--per-prompt", "1", "--steps", "2",
+                          "--grid", str(grid)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_images"] == 36 and report["sampler"]["scheduler"] == "DDIMScheduler"
+    assert 0.0 <= report["shape_accuracy"] <= 1.0 and 0.0 <= report["colour_accuracy"] <= 1.0
+    assert sum(map(sum, report["shape_confusion"]["counts"])) == 36
+    assert report["passes"] == (min(report["shape_accuracy"], report["colour_accuracy"]) >= 0.9)
+    assert imageio.imread(grid).shape == (len(SHAPES) * 64, len(COLOURS) * 64, 3)
+
+
+def test_a_missing_classifier_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="train one with"):
+        teacher_quality.main(["evaluate", str(tmp_path), "--classifier", str(tmp_path / "none.pt")])

@@ -1,0 +1,212 @@
+"""How good is a ShapeWorld teacher? A small shape-and-colour classifier trained on ShapeWorld renders
+judges the teacher's own samples (its pipeline's sampler, classifier-free guidance) for all 36 prompts.
+The bar of shapeworld.md is 90% for shape and for colour.
+
+    python -m threed.teacher_quality train-classifier assets/shapeworld-classifier.pt
+    python -m threed.teacher_quality evaluate assets/shapeworld-teacher [--per-prompt 4] [--grid samples.png]
+
+The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
+Gaussian pixel noise, so that a recognisable but grainy sample is judged by its shape, not its grain.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import imageio.v3 as imageio
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from guidance.pixel_pipeline import PixelDiffusionPipeline
+from guidance.prompts import VIEWS
+from threed.checkpoint import save_atomic
+from threed.shapeworld import COLOURS, SHAPES, caption, generate_dataset
+
+log = logging.getLogger(__name__)
+QUALITY_BAR = 0.9
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "assets" / "shapeworld-classifier.pt"
+
+
+class ShapeColourClassifier(nn.Module):
+    """Four stride-2 conv blocks and two linear heads: images [N, 3, 64, 64] in [0, 1] ->
+    (shape logits [N, 6] over SHAPES, colour logits [N, 6] over COLOURS)."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        channels = (3, width, 2 * width, 4 * width, 4 * width)
+        self.features = nn.Sequential(*(
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.SiLU())
+            for c_in, c_out in zip(channels[:-1], channels[1:])
+        ))  # 64 -> 4 pixels
+        self.shape_head = nn.Linear(channels[-1] * 16, len(SHAPES))
+        self.colour_head = nn.Linear(channels[-1], len(COLOURS))
+        self.width = width
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(images * 2.0 - 1.0)  # [N, C, 4, 4]
+        return self.shape_head(features.flatten(1)), self.colour_head(features.mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [N, 3, 64, 64] in [0, 1] -> shape and colour indices, [N] each."""
+        shapes, colours = [], []
+        for chunk in images.split(batch):
+            shape_logits, colour_logits = self(chunk)
+            shapes.append(shape_logits.argmax(-1))
+            colours.append(colour_logits.argmax(-1))
+        return torch.cat(shapes), torch.cat(colours)
+
+
+def dataset_tensors(per_prompt: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh ShapeWorld renders -> images [N, 3, 64, 64] in [0, 1], shape and colour indices [N]."""
+    data = generate_dataset(per_prompt, seed, show_progress=True)
+    images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float() / 255.0
+    return images, torch.from_numpy(data["shape_index"]), torch.from_numpy(data["colour_index"])
+
+
+def train_classifier(per_prompt: int = 160, epochs: int = 4, seed: int = 1, noise_std: float = 0.08,
+                     batch: int = 64, lr: float = 2e-3) -> ShapeColourClassifier:
+    """Trains on renders of ``seed`` with Gaussian pixel noise of a random std in [0, noise_std]."""
+    torch.manual_seed(seed)
+    images, shapes, colours = dataset_tensors(per_prompt, seed)
+    classifier = ShapeColourClassifier()
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr)
+    steps = epochs * (len(images) // batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
+    with tqdm(total=steps, desc="classifier") as progress:
+        for _ in range(epochs):
+            for pick in torch.randperm(len(images))[: steps // epochs * batch].split(batch):
+                batch_images = images[pick]
+                noise_scale = torch.rand(len(pick), 1, 1, 1) * noise_std
+                shape_logits, colour_logits = classifier(batch_images + noise_scale * torch.randn_like(batch_images))
+                loss = F.cross_entropy(shape_logits, shapes[pick]) + F.cross_entropy(colour_logits, colours[pick])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+    return classifier.eval()
+
+
+def save_classifier(classifier: ShapeColourClassifier, path: Path) -> None:
+    save_atomic({"width": classifier.width, "state_dict": classifier.state_dict()}, path)
+
+
+def load_classifier(path: Path = DEFAULT_CLASSIFIER) -> ShapeColourClassifier:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no ShapeWorld classifier at {path}; train one with "
+                                f"`python -m threed.teacher_quality train-classifier {path}`")
+    state = torch.load(path, weights_only=True)
+    classifier = ShapeColourClassifier(state["width"])
+    classifier.load_state_dict(state["state_dict"])
+    return classifier.eval()
+
+
+def accuracy_report(classifier: ShapeColourClassifier, images: torch.Tensor, shapes: torch.Tensor,
+                    colours: torch.Tensor) -> dict:
+    """Shape and colour accuracy overall and per true shape / colour, and the shape confusion matrix
+    (rows: true shape, columns: predicted), for images [N, 3, 64, 64] in [0, 1]."""
+    predicted_shapes, predicted_colours = classifier.predict(images)
+    confusion = torch.zeros(len(SHAPES), len(SHAPES), dtype=torch.long)
+    confusion.index_put_((shapes, predicted_shapes), torch.ones_like(shapes), accumulate=True)
+    return {
+        "n_images": len(images),
+        "shape_accuracy": (predicted_shapes == shapes).float().mean().item(),
+        "colour_accuracy": (predicted_colours == colours).float().mean().item(),
+        "shape_accuracy_by_shape": {s: (predicted_shapes[shapes == i] == i).float().mean().item()
+                                    for i, s in enumerate(SHAPES)},
+        "colour_accuracy_by_colour": {c: (predicted_colours[colours == i] == i).float().mean().item()
+                                      for i, c in enumerate(COLOURS)},
+        "shape_confusion": {"rows_true_columns_predicted": list(SHAPES), "counts": confusion.tolist()},
+    }
+
+
+@torch.no_grad()
+def sample_teacher(pipeline: PixelDiffusionPipeline, per_prompt: int, steps: int, guidance_scale: float,
+                   seed: int, batch: int = 72) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``per_prompt`` samples of each of the 36 prompts, the view suffix cycling front, side, back,
+    overhead -> images [36 * per_prompt, 3, 64, 64] in [0, 1] (shape-major), shape and colour indices."""
+    labels = [(s, c, VIEWS[k % len(VIEWS)]) for s in range(len(SHAPES)) for c in range(len(COLOURS))
+              for k in range(per_prompt)]
+    captions = [caption(SHAPES[s], COLOURS[c], view) for s, c, view in labels]
+    generator = torch.Generator(pipeline.device).manual_seed(seed)
+    pipeline.set_progress_bar_config(disable=True)
+    images = []
+    for start in tqdm(range(0, len(captions), batch), desc="sampling the teacher"):
+        images.append(pipeline(captions[start:start + batch], num_inference_steps=steps,
+                               guidance_scale=guidance_scale, generator=generator, output_type="pt").images.cpu())
+    shapes, colours = (torch.tensor([label[i] for label in labels]) for i in (0, 1))
+    return torch.cat(images), shapes, colours
+
+
+def write_grid(images: torch.Tensor, columns: int, path: Path) -> None:
+    """images [N, 3, H, W] in [0, 1], N a multiple of ``columns`` -> one PNG, row-major."""
+    rows = images.reshape(-1, columns, *images.shape[1:])  # [R, C, 3, H, W]
+    grid = rows.permute(0, 3, 1, 4, 2).reshape(rows.shape[0] * images.shape[2], columns * images.shape[3], 3)
+    imageio.imwrite(path, (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+
+
+def evaluate_teacher(teacher: str, classifier_path: Path, per_prompt: int, steps: int, guidance_scale: float,
+                     seed: int, grid: Path | None) -> dict:
+    classifier = load_classifier(classifier_path)  # before the sampling, so a missing one fails at once
+    pipeline = PixelDiffusionPipeline.from_pretrained(teacher)
+    pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
+    images, shapes, colours = sample_teacher(pipeline, per_prompt, steps, guidance_scale, seed)
+    if grid is not None:
+        write_grid(images, len(COLOURS) * per_prompt, grid)  # one row per shape
+    report = accuracy_report(classifier, images, shapes, colours)
+    passes = report["shape_accuracy"] >= QUALITY_BAR and report["colour_accuracy"] >= QUALITY_BAR
+    sampler = {"scheduler": type(pipeline.scheduler).__name__, "steps": steps, "guidance_scale": guidance_scale,
+               "per_prompt": per_prompt, "seed": seed}
+    return {"teacher": str(teacher), "sampler": sampler, **report, "bar": QUALITY_BAR, "passes": passes}
+
+
+def _train_classifier_command(arguments: argparse.Namespace) -> None:
+    classifier = train_classifier(arguments.per_prompt, arguments.epochs, arguments.seed)
+    held_out = dataset_tensors(arguments.held_out_per_prompt, arguments.seed + 1000)
+    report = accuracy_report(classifier, *held_out)
+    save_classifier(classifier, arguments.out)
+    print(json.dumps({"classifier": str(arguments.out), "held_out_renders": report}))
+
+
+def _evaluate_command(arguments: argparse.Namespace) -> None:
+    report = evaluate_teacher(arguments.teacher, arguments.classifier, arguments.per_prompt, arguments.steps,
+                              arguments.guidance_scale, arguments.seed, arguments.grid)
+    print(json.dumps(report))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m threed.teacher_quality", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train-classifier", help="train the shape-and-colour classifier on fresh renders")
+    train.add_argument("out", type=Path, help="the .pt file to write")
+    train.add_argument("--per-prompt", type=int, default=160, help="training renders per prompt (36 prompts)")
+    train.add_argument("--held-out-per-prompt", type=int, default=20, help="renders per prompt to report accuracy on")
+    train.add_argument("--epochs", type=int, default=4)
+    train.add_argument("--seed", type=int, default=1, help="render seed (the teacher's data set uses 0)")
+    train.set_defaults(run=_train_classifier_command)
+    evaluate = commands.add_parser("evaluate", help="classify the teacher's samples of all 36 prompts (JSON)")
+    evaluate.add_argument("teacher", help="pipeline folder (or hub id) of a ShapeWorld teacher")
+    evaluate.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    evaluate.add_argument("--per-prompt", type=int, default=4, help="samples per prompt, views cycling")
+    evaluate.add_argument("--steps", type=int, default=30, help="sampler steps")
+    evaluate.add_argument("--guidance-scale", type=float, default=5.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--grid", type=Path, help="also write the samples as a PNG grid, one row per shape")
+    evaluate.set_defaults(run=_evaluate_command)
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        arguments.run(arguments)
+    except (FileNotFoundError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
