@@ -28,6 +28,7 @@ from threed.compare import compare, parse_methods, parse_seeds
 from threed.config import Config, load_config, override, save_config
 from threed.errors import UserError
 from threed.runs import create_run
+from threed.shapeworld import SHOWCASE_PROMPTS, is_canon_prompt
 from threed.video import render_views
 
 MAX_PROMPT_CHARS = 200
@@ -128,6 +129,8 @@ def build_demo(runner: DemoRunner) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     prompt = gr.Textbox(label="Prompt", value=default.prompt, max_lines=2)
+                    if is_canon_prompt(default.prompt):  # the ShapeWorld teacher knows "a COLOUR SHAPE" only
+                        gr.Examples([[p] for p in SHOWCASE_PROMPTS], inputs=prompt, label="ShapeWorld prompts")
                     with gr.Row():
                         estimator = gr.Dropdown(list(ESTIMATORS), value=default.guidance.estimator, label="Estimator")
                         divergence = gr.Dropdown(list(DIVERGENCES), value=default.guidance.divergence, label="Divergence")

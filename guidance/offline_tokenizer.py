@@ -1,7 +1,10 @@
 """A CLIP byte-level BPE tokenizer built locally, so that small teachers load with no download.
 
-Every byte is a token (so any prompt tokenizes); ``words`` get merges that make each of them a
-single token, which is all a teacher with a small fixed vocabulary needs.
+Every byte is a token (so any prompt tokenizes); ``words`` get merges that join their letters.
+Known flaw: merges are chained left to right per word, but BPE applies them by rank across words, so
+a word whose letters an earlier word's merge joins first stays split ("torus": "or" from "orange"
+leaves t, or, u, s). Its token sequence is still unique to it. Fixing it changes the token ids of
+the shipped ShapeWorld teacher, so it waits for that teacher's next training run.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 import os
 import socket
+from pathlib import Path
 
 # Tests never reach the network: set before huggingface_hub or gradio is imported anywhere.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -9,6 +10,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import pytest  # noqa: E402
 
 from guidance.tiny_teacher import build_tiny_pipeline  # noqa: E402
+
+SHAPEWORLD_TEACHER = str(Path(__file__).resolve().parent.parent / "assets" / "shapeworld-teacher")
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +35,7 @@ def fast_overrides(tiny_teacher, tmp_path) -> list[str]:
 
 
 def overrides_for_fast_runs(teacher: str, folder) -> list[str]:
-    """Overrides of configs/tiny.yaml that make a run take seconds, writing under ``folder``."""
+    """Overrides of configs/tiny.yaml or configs/shapeworld.yaml that make a run take seconds, writing under ``folder``."""
     return [
         f"teacher.pretrained={teacher}", f"outputs={folder / 'outputs'}",
         "geometry.grid.n_levels=4", "geometry.grid.log2_hashmap_size=12", "geometry.grid.finest_resolution=64",
@@ -44,15 +47,16 @@ def overrides_for_fast_runs(teacher: str, folder) -> list[str]:
     ]
 
 
-def start_demo(teacher: str, folder, *extra_overrides: str):
-    """The Gradio demo on a free localhost port, with fast-run overrides; call ``.close()`` after."""
+def start_demo(folder, *extra_overrides: str, queue_size: int = 4):
+    """The Gradio demo of the embedded default (configs/shapeworld.yaml, the shipped teacher) on a free
+    localhost port, with fast-run overrides; call ``.close()`` after."""
     import app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    runner = app.DemoRunner("configs/tiny.yaml", [*overrides_for_fast_runs(teacher, folder), *extra_overrides])
-    demo = app.build_demo(runner)
-    demo.queue(default_concurrency_limit=1, max_size=4)
+    overrides = [*overrides_for_fast_runs(SHAPEWORLD_TEACHER, folder), *extra_overrides]
+    demo = app.build_demo(app.DemoRunner("configs/shapeworld.yaml", overrides))
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=["/tmp"])
     return demo

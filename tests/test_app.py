@@ -1,20 +1,25 @@
-"""The demo's API, driven with gradio_client against a server on localhost."""
+"""The demo's API, driven with gradio_client against a server on localhost running the embedded
+default (the shipped ShapeWorld teacher) with fast-run overrides."""
+import time
+
 import gradio_client
 import pytest
 
 from tests.conftest import start_demo
 
+EMBEDDED = ""  # an empty teacher box means the config's, the shipped ShapeWorld teacher
+
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory, tiny_teacher):
-    demo = start_demo(tiny_teacher, tmp_path_factory.mktemp("app"), "trainer.log_every=1")
+def client(tmp_path_factory):
+    demo = start_demo(tmp_path_factory.mktemp("app"), "trainer.log_every=1")
     yield gradio_client.Client(demo.local_url, verbose=False)
     demo.close()
 
 
-def test_a_short_run_returns_a_video_and_meshes(client, tiny_teacher):
+def test_a_short_run_on_the_embedded_teacher_returns_a_video_and_meshes(client):
     status, preview, video, model, files = client.predict(
-        "a red vase", "sds", "fkl", 3, 0, 16, tiny_teacher, api_name="/generate")
+        "a red vase", "uni-instruct", "fkl", 3, 0, 16, EMBEDDED, api_name="/generate")
     assert status.startswith("Done")
     assert video and model.endswith(".glb")
     assert sorted(str(f).rsplit(".", 1)[-1] for f in files) == ["glb", "obj", "ply"]
@@ -23,17 +28,35 @@ def test_a_short_run_returns_a_video_and_meshes(client, tiny_teacher):
 @pytest.mark.parametrize("prompt, steps, message", [
     ("", 3, "Type a prompt"), ("x" * 300, 3, "keep it under"), ("a red vase", 0, "Steps must be between"),
 ])
-def test_bad_input_is_refused_in_the_page(client, tiny_teacher, prompt, steps, message):
+def test_bad_input_is_refused_in_the_page(client, prompt, steps, message):
     with pytest.raises(Exception, match=message):
-        client.predict(prompt, "sds", "fkl", steps, 0, 16, tiny_teacher, api_name="/generate")
+        client.predict(prompt, "sds", "fkl", steps, 0, 16, EMBEDDED, api_name="/generate")
 
 
-def test_stop_ends_the_run_and_keeps_what_was_made(client, tiny_teacher):
-    import time
-
-    job = client.submit("a blue cube", "sds", "fkl", 5000, 0, 16, tiny_teacher, api_name="/generate")
+def test_stop_ends_the_run_and_keeps_what_was_made(client):
+    job = client.submit("a blue cube", "sds", "fkl", 5000, 0, 16, EMBEDDED, api_name="/generate")
     while not job.status().code.name == "ITERATING":  # training has logged its first steps
         time.sleep(0.2)
     client.predict(api_name="/stop")
     status, _, video, model, files = job.result(timeout=120)
     assert status.startswith("Done") and video and model.endswith(".glb")
+
+
+def test_a_full_queue_tells_the_user_to_try_later(tmp_path):
+    demo = start_demo(tmp_path, queue_size=1)
+    try:
+        client = gradio_client.Client(demo.local_url, verbose=False)
+        running = client.submit("a blue cube", "sds", "fkl", 5000, 0, 16, EMBEDDED, api_name="/generate")
+        while running.status().code.name != "ITERATING":
+            time.sleep(0.2)
+        waiting = client.submit("a red cube", "sds", "fkl", 2, 0, 16, EMBEDDED, api_name="/generate")
+        while waiting.status().code.name != "IN_QUEUE":
+            time.sleep(0.2)
+        refused = client.submit("a green cube", "sds", "fkl", 2, 0, 16, EMBEDDED, api_name="/generate")
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            refused.result(timeout=60)
+        client.predict(api_name="/stop")
+        assert running.result(timeout=120)[0].startswith("Done")
+        assert waiting.result(timeout=120)[0].startswith("Done")
+    finally:
+        demo.close()

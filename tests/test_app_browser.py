@@ -15,10 +15,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_a_person_generates_an_asset_in_the_page(tmp_path, tiny_teacher):
+def test_a_person_generates_an_asset_in_the_page(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    demo = start_demo(tiny_teacher, tmp_path, "trainer.log_every=1", "video.resolution=128")
+    demo = start_demo(tmp_path, "trainer.log_every=1", "video.resolution=128")
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,

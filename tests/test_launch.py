@@ -53,6 +53,8 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
         colors = np.asarray(mesh.visual.vertex_colors)
         assert colors.shape == (len(mesh.vertices), 4)
         assert colors[:, :3].std() > 0  # the field's albedo, not trimesh's default grey
+    score = json.loads((run / "mesh" / "shapeworld_score.json").read_text())  # a canon prompt: scored at once
+    assert (score["shape"], score["colour"]) == ("vase", "red") and 0.0 <= score["iou"] <= 1.0
 
 
 def test_the_initial_blob_exports_as_a_closed_ball(finished_run):

@@ -52,3 +52,20 @@ def test_evaluate_command_samples_all_prompts_and_reports_json(tmp_path, capsys)
 def test_a_missing_classifier_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="train one with"):
         teacher_quality.main(["evaluate", str(tmp_path), "--classifier", str(tmp_path / "none.pt")])
+
+
+def test_swap_word_changes_only_that_word():
+    assert teacher_quality.swap_word("a red cube, front view", SHAPES) == "a red cone, front view"
+    assert teacher_quality.swap_word("a red cube, front view", COLOURS) == "a yellow cube, front view"
+    assert teacher_quality.swap_word("a blue vase", SHAPES) == "a blue cylinder"
+
+
+def test_conditioning_command_reports_the_loss_per_caption(tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    train_teacher.main([str(teacher), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--steps", "1"])
+    capsys.readouterr()
+    teacher_quality.main(["conditioning", str(teacher / "pipeline"), "--per-prompt", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_images"] == 36 and len(report["loss_by_timestep"]) == 5
+    losses = report["loss_by_timestep"]["900"]
+    assert set(losses) == {"true", "wrong_shape", "wrong_colour", "empty"} and all(v > 0 for v in losses.values())

@@ -1,6 +1,7 @@
 """What a finished run leaves behind: its trained field, turntable video and meshes."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import Callable
 
@@ -13,6 +14,7 @@ from threed.config import Config
 from threed.errors import RunDirError
 from threed.export import extract_mesh, save_mesh
 from threed.runs import RunPaths
+from threed.shapeworld import evaluate_mesh, is_canon_prompt
 from threed.video import save_turntable_video
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,16 @@ def write_video(field: RadianceField, config: Config, paths: RunPaths) -> None:
 
 
 def write_meshes(field: RadianceField, config: Config, paths: RunPaths, formats: list[str]) -> None:
+    """The meshes, and for a ShapeWorld prompt the evaluator's score of them (``mesh/shapeworld_score.json``)."""
     mesh = extract_mesh(field, config.export.resolution, config.export.threshold)
     for file_format in formats:
         save_mesh(mesh, paths.mesh(file_format))
         log.info("mesh (%d vertices): %s", len(mesh.vertices), paths.mesh(file_format))
+    if is_canon_prompt(config.prompt):
+        score = evaluate_mesh(mesh, config.prompt)
+        paths.shapeworld_score.write_text(json.dumps(score) + "\n")
+        log.info("ShapeWorld evaluator: Chamfer %.4f, IoU %.3f, colour error %.4f (%s)",
+                 score["chamfer"], score["iou"], score["color_error"], paths.shapeworld_score)
 
 
 def train_and_export(config: Config, paths: RunPaths, teacher: DiffusionTeacher, resume: bool = False,

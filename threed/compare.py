@@ -32,7 +32,7 @@ from threed.config import Config, load_config, save_config
 from threed.errors import ConfigError
 from threed.mesh_metrics import chamfer, surface_samples
 from threed.runs import RunPaths, prompt_slug
-from threed.shapeworld import evaluate_mesh, parse_prompt
+from threed.shapeworld import evaluate_mesh, is_canon_prompt
 from threed.video import write_mp4
 
 log = logging.getLogger(__name__)
@@ -178,14 +178,6 @@ def diversity(meshes: list[trimesh.Trimesh]) -> float | None:
     if not pairs:
         return None
     return float(np.mean([chamfer(a, b, cKDTree(b)) for a, b in pairs]))
-
-
-def is_canon_prompt(prompt: str) -> bool:
-    try:
-        parse_prompt(prompt)
-    except ValueError:
-        return False
-    return True
 
 
 def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Path) -> None:

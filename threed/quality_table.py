@@ -20,10 +20,9 @@ import trimesh
 from threed.compare import Cell, Method, parse_methods, plan_cells, run_missing_cells
 from threed.config import override
 from threed.errors import UserError
-from threed.shapeworld import evaluate_mesh, parse_prompt
+from threed.shapeworld import SHOWCASE_PROMPTS, evaluate_mesh, parse_prompt
 
 log = logging.getLogger(__name__)
-PROMPTS = ("a red sphere", "a green cube", "a blue torus", "a yellow cylinder", "a purple cone", "an orange vase")
 METRICS = ("chamfer", "iou", "color_error", "wall_time_s")
 
 
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m threed.quality_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/shapeworld.yaml")
     parser.add_argument("--methods", default="sds,vsd,uni-instruct:fkl")
-    parser.add_argument("--prompts", default=";".join(PROMPTS), help="ShapeWorld prompts separated by ';'")
+    parser.add_argument("--prompts", default=";".join(SHOWCASE_PROMPTS), help="ShapeWorld prompts separated by ';'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("quality.md"), help="the Markdown table to write")
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")

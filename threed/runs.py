@@ -42,6 +42,10 @@ class RunPaths:
     def mesh(self, file_format: str) -> Path:
         return self.root / "mesh" / f"model.{file_format}"
 
+    @property
+    def shapeworld_score(self) -> Path:
+        return self.root / "mesh" / "shapeworld_score.json"
+
 
 def create_run(outputs: str | Path, config_name: str, prompt: str) -> RunPaths:
     """Makes a new, empty run folder, or says why the outputs folder cannot hold one."""

@@ -272,6 +272,8 @@ def caption(shape: str, colour: str, view: str | None = None) -> str:
 
 
 PROMPTS = tuple(caption(shape, colour) for shape in SHAPES for colour in COLOURS)  # shape-major, 36
+# One prompt of each shape, each in another colour: the quality table's and the demo's examples.
+SHOWCASE_PROMPTS = ("a red sphere", "a green cube", "a blue torus", "a yellow cylinder", "a purple cone", "an orange vase")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +380,14 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
         raise ValueError(f"{prompt!r} is not a ShapeWorld prompt: use 'a COLOUR SHAPE' with a colour of "
                          f"{list(COLOURS)} and a shape of {list(SHAPES)}")
     return words[2], words[1]
+
+
+def is_canon_prompt(prompt: str) -> bool:
+    try:
+        parse_prompt(prompt)
+    except ValueError:
+        return False
+    return True
 
 
 def evaluate_mesh(mesh: trimesh.Trimesh, prompt: str) -> dict:

@@ -4,6 +4,7 @@ The bar of shapeworld.md is 90% for shape and for colour.
 
     python -m threed.teacher_quality train-classifier assets/shapeworld-classifier.pt
     python -m threed.teacher_quality evaluate assets/shapeworld-teacher [--per-prompt 4] [--grid samples.png]
+    python -m threed.teacher_quality conditioning assets/shapeworld-teacher   # does it read each word?
 
 The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
 Gaussian pixel noise, so that a recognisable but grainy sample is judged by its shape, not its grain.
@@ -16,9 +17,9 @@ import logging
 from pathlib import Path
 
 import imageio.v3 as imageio
-import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
@@ -167,6 +168,43 @@ def evaluate_teacher(teacher: str, classifier_path: Path, per_prompt: int, steps
     return {"teacher": str(teacher), "sampler": sampler, **report, "bar": QUALITY_BAR, "passes": passes}
 
 
+def swap_word(caption_text: str, words: tuple[str, ...]) -> str:
+    """"a red cube, front view" -> the same caption with its word of ``words`` replaced by another of them."""
+    prompt, comma, view = caption_text.partition(",")
+    parts = prompt.split()
+    for index, part in enumerate(parts):
+        if part in words:
+            parts[index] = words[(words.index(part) + len(words) // 2) % len(words)]
+            return " ".join(parts) + comma + view
+    raise ValueError(f"{caption_text!r} has none of {words}")
+
+
+@torch.no_grad()
+def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed: int,
+                        timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)) -> dict:
+    """The teacher's denoising loss on fresh renders at a few timesteps, with the true caption, the
+    shape word swapped, the colour word swapped and no caption: a teacher that reads a word loses
+    more when that word is wrong."""
+    images, shapes, colours = dataset_tensors(per_prompt, seed)
+    images = images * 2.0 - 1.0
+    views = [VIEWS[k % len(VIEWS)] for k in range(len(images))]
+    true = [caption(SHAPES[s], COLOURS[c], v) for s, c, v in zip(shapes.tolist(), colours.tolist(), views)]
+    captions = {"true": true, "wrong_shape": [swap_word(c, SHAPES) for c in true],
+                "wrong_colour": [swap_word(c, COLOURS) for c in true], "empty": [""] * len(true)}
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    generator = torch.Generator().manual_seed(seed)
+    report = {}
+    for t in timesteps:
+        timestep = torch.full((len(images),), t)
+        noise = torch.randn(images.shape, generator=generator)
+        noisy = scheduler.add_noise(images, noise, timestep)
+        v_prediction = scheduler.config.prediction_type == "v_prediction"
+        target = scheduler.get_velocity(images, noise, timestep) if v_prediction else noise
+        report[str(t)] = {name: F.mse_loss(pipeline.unet(noisy, timestep, encoder_hidden_states=pipeline.encode_prompt(
+            texts)).sample, target).item() for name, texts in captions.items()}
+    return {"n_images": len(images), "loss_by_timestep": report}
+
+
 def _train_classifier_command(arguments: argparse.Namespace) -> None:
     classifier = train_classifier(arguments.per_prompt, arguments.epochs, arguments.seed)
     held_out = dataset_tensors(arguments.held_out_per_prompt, arguments.seed + 1000)
@@ -179,6 +217,11 @@ def _evaluate_command(arguments: argparse.Namespace) -> None:
     report = evaluate_teacher(arguments.teacher, arguments.classifier, arguments.per_prompt, arguments.steps,
                               arguments.guidance_scale, arguments.seed, arguments.grid)
     print(json.dumps(report))
+
+
+def _conditioning_command(arguments: argparse.Namespace) -> None:
+    pipeline = PixelDiffusionPipeline.from_pretrained(arguments.teacher)
+    print(json.dumps(conditioning_report(pipeline, arguments.per_prompt, arguments.seed)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,6 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--grid", type=Path, help="also write the samples as a PNG grid, one row per shape")
     evaluate.set_defaults(run=_evaluate_command)
+    conditioning = commands.add_parser("conditioning", help="the teacher's loss with true and swapped words (JSON)")
+    conditioning.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
+    conditioning.add_argument("--per-prompt", type=int, default=2, help="fresh renders per prompt")
+    conditioning.add_argument("--seed", type=int, default=2)
+    conditioning.set_defaults(run=_conditioning_command)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

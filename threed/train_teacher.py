@@ -4,11 +4,10 @@ loads like Stable Diffusion.
 
     python -m threed.train_teacher assets/shapeworld-teacher --steps 20000 [--data data.npz] [--resume]
 
-Recipe (after the calibration notes in shapeworld.md): v-prediction on a cosine noise schedule with
-min-SNR-5 loss weighting (Hang et al. 2023: faster convergence), AdamW with a warmed-up cosine
-learning rate, an EMA of the weights (what is saved), 10% caption dropout for classifier-free
-guidance, optional bf16 autocast (only faster on CPUs with AMX). The text encoder is a small CLIP trained with the
-U-Net; the tokenizer makes every canon word one token and loads offline.
+Recipe (after the calibration notes in shapeworld.md): v-prediction on a cosine noise schedule,
+AdamW with a warmed-up cosine learning rate, an EMA of the weights (what is saved), 10% caption
+dropout for classifier-free guidance, optional bf16 autocast (only faster on CPUs with AMX). The text encoder is a small CLIP trained with the
+U-Net; the tokenizer loads offline (see guidance.offline_tokenizer: "torus" comes out as four tokens).
 """
 from __future__ import annotations
 
@@ -35,7 +34,6 @@ from threed.shapeworld import COLOURS, IMAGE_SIZE, SHAPES, generate_dataset
 
 log = logging.getLogger(__name__)
 MAX_TOKENS = 12  # "<bos> a orange cylinder , overhead view <eos>" is 8
-MIN_SNR_GAMMA = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,10 @@ def build_models(architecture: Architecture, seed: int):
         projection_dim=architecture.text_dim, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     ))
+    # Unit-variance word embeddings (CLIP's default is 0.02): every word starts as a distinct feature.
+    # At 0.02 the colour words, whose pixels dominate the loss, drifted apart while the shape words
+    # stayed within 10% of each other and the U-Net never learned to read them.
+    text_encoder.get_input_embeddings().weight.data.normal_(0.0, 1.0)
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in architecture.attention_levels)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(architecture.attention_levels))
     unet = UNet2DConditionModel(
@@ -121,8 +123,7 @@ class TeacherTrainer:
         log.info("resumed at step %d", self.step)
 
     def loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """Min-SNR-weighted v-prediction loss on a batch; a tenth of the captions are dropped for
-        classifier-free guidance. For v-prediction the min-SNR weight is min(SNR, gamma) / (SNR + 1)."""
+        """v-prediction loss on a batch; a tenth of the captions are dropped for classifier-free guidance."""
         drop = torch.rand(len(captions), generator=self.generator) < 0.1
         captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
         tokens = self.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
@@ -131,11 +132,7 @@ class TeacherTrainer:
         noisy = self.scheduler.add_noise(images, noise, t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             prediction = self.unet(noisy, t, encoder_hidden_states=self.text_encoder(tokens.input_ids)[0]).sample
-        per_sample = F.mse_loss(prediction.float(), self.scheduler.get_velocity(images, noise, t), reduction="none")
-        alpha_bar = self.scheduler.alphas_cumprod[t]
-        snr = alpha_bar / (1.0 - alpha_bar)
-        weight = snr.clamp(max=MIN_SNR_GAMMA) / (snr + 1.0)
-        return (weight * per_sample.mean(dim=(1, 2, 3))).mean()
+        return F.mse_loss(prediction.float(), self.scheduler.get_velocity(images, noise, t))
 
     def fit(self, images: torch.Tensor, captions: list[str], checkpoint_every: int) -> None:
         with tqdm(total=self.steps, initial=self.step, desc="teacher", dynamic_ncols=True) as progress:
