@@ -51,6 +51,7 @@ def test_method_and_seed_lists_are_checked():
         parse_seeds("0,x")
 
 
+@pytest.mark.slow
 def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overrides, tmp_path, capsys, caplog):
     from threed import quality_table
 

@@ -27,6 +27,7 @@ def test_the_classifier_judges_colour_by_the_object_not_the_background():
     assert (predicted == blue).float().mean() >= 0.8
 
 
+@pytest.mark.slow
 def test_classifier_training_learns_shape_and_colour():
     classifier = teacher_quality.train_classifier(per_prompt=8, epochs=6, seed=3, batch=32)
     report = teacher_quality.accuracy_report(classifier, *teacher_quality.dataset_tensors(per_prompt=2, seed=4))
@@ -34,6 +35,7 @@ def test_classifier_training_learns_shape_and_colour():
     assert report["shape_accuracy"] >= 0.5  # chance is 1/6
 
 
+@pytest.mark.slow
 def test_evaluate_command_samples_all_prompts_and_reports_json(tmp_path, capsys):
     teacher = tmp_path / "teacher"
     train_teacher.main([str(teacher), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--steps", "1"])
@@ -57,9 +59,10 @@ def test_a_missing_classifier_is_one_clear_line(tmp_path, capsys):
 def test_swap_word_changes_only_that_word():
     assert teacher_quality.swap_word("a red cube, front view", SHAPES) == "a red cone, front view"
     assert teacher_quality.swap_word("a red cube, front view", COLOURS) == "a yellow cube, front view"
-    assert teacher_quality.swap_word("a blue vase", SHAPES) == "a blue cylinder"
+    assert teacher_quality.swap_word("a blue vase", SHAPES) == "a blue torus"
 
 
+@pytest.mark.slow
 def test_conditioning_command_reports_the_loss_per_caption(tmp_path, capsys):
     teacher = tmp_path / "teacher"
     train_teacher.main([str(teacher), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--steps", "1"])
