@@ -191,6 +191,7 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
     true = [caption(SHAPES[s], COLOURS[c], v) for s, c, v in zip(shapes.tolist(), colours.tolist(), views)]
     captions = {"true": true, "wrong_shape": [swap_word(c, SHAPES) for c in true],
                 "wrong_colour": [swap_word(c, COLOURS) for c in true], "empty": [""] * len(true)}
+    encoded = {name: pipeline.encode_prompt(texts) for name, texts in captions.items()}  # once, for every timestep
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     generator = torch.Generator().manual_seed(seed)
     report = {}
@@ -200,8 +201,8 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
         noisy = scheduler.add_noise(images, noise, timestep)
         v_prediction = scheduler.config.prediction_type == "v_prediction"
         target = scheduler.get_velocity(images, noise, timestep) if v_prediction else noise
-        report[str(t)] = {name: F.mse_loss(pipeline.unet(noisy, timestep, encoder_hidden_states=pipeline.encode_prompt(
-            texts)).sample, target).item() for name, texts in captions.items()}
+        report[str(t)] = {name: F.mse_loss(pipeline.unet(noisy, timestep, encoder_hidden_states=states).sample,
+                                           target).item() for name, states in encoded.items()}
     return {"n_images": len(images), "loss_by_timestep": report}
 
 
