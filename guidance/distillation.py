@@ -124,7 +124,7 @@ class ScoreDistillation(nn.Module):
             bottleneck_channels = teacher.unet.config.block_out_channels[-1]
             self.discriminator = DiscriminatorHead(bottleneck_channels, spec.discriminator).to(teacher.alphas_cumprod.device)
             variants = [view_prompt(prompt, v) for v in VIEWS] if views.enabled else [prompt]
-            bank = load_or_sample_bank(teacher, teacher.name, variants, negative_prompt, spec.sample_bank)
+            bank = load_or_sample_bank(teacher, variants, negative_prompt, spec.sample_bank)
             self.register_buffer("sample_bank", bank, persistent=False)  # [V, N, C, h, w]
         if spec.gradient_checkpointing:
             teacher.unet.enable_gradient_checkpointing()

@@ -1,7 +1,7 @@
 """Samples of the teacher for each view-dependent prompt: the "real" data of the discriminator.
 
 Generated once with the teacher's own noise schedule (DDIM, classifier-free guidance) and cached
-on disk under a key of the teacher, the prompts, the sampler settings and the seed, so later runs
+on disk under a key of the teacher (its name and a fingerprint of its weights), the prompts, the sampler settings and the seed, so later runs
 with the same settings load them instead of sampling again.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ class SampleBankSpec:
     cache_dir: str = "~/.cache/uni-instruct-3d/sample-bank"
 
 
-def bank_key(teacher_name: str, prompts: list[str], negative_prompt: str, spec: SampleBankSpec) -> str:
-    settings = {"teacher": teacher_name, "prompts": prompts, "negative": negative_prompt, "n": spec.samples_per_view,
+def bank_key(teacher: DiffusionTeacher, prompts: list[str], negative_prompt: str, spec: SampleBankSpec) -> str:
+    settings = {"teacher": teacher.name, "weights": teacher.fingerprint(), "prompts": prompts, "negative": negative_prompt, "n": spec.samples_per_view,
                 "steps": spec.steps, "cfg": spec.guidance_scale, "seed": spec.seed}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -53,10 +53,10 @@ def sample_teacher(teacher: DiffusionTeacher, cond: torch.Tensor, uncond: torch.
     return x.float()
 
 
-def load_or_sample_bank(teacher: DiffusionTeacher, teacher_name: str, prompts: list[str], negative_prompt: str,
+def load_or_sample_bank(teacher: DiffusionTeacher, prompts: list[str], negative_prompt: str,
                         spec: SampleBankSpec) -> torch.Tensor:
     """-> [V, N, C, h, w] teacher-space samples, N per prompt variant, from the cache when present."""
-    path = Path(spec.cache_dir).expanduser() / f"{bank_key(teacher_name, prompts, negative_prompt, spec)}.pt"
+    path = Path(spec.cache_dir).expanduser() / f"{bank_key(teacher, prompts, negative_prompt, spec)}.pt"
     device = teacher.alphas_cumprod.device
     if path.is_file():
         log.info("teacher sample bank: loaded %s", path)

@@ -6,6 +6,7 @@ own (no VAE: renders are only resized). epsilon- and v-prediction U-Nets are bot
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,6 +76,15 @@ class DiffusionTeacher(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
+
+    @torch.no_grad()
+    def fingerprint(self) -> str:
+        """A short hash of the U-Net's and text encoder's weights: changes whenever the weights do, so
+        caches of the teacher's samples keyed by it go stale with retrained weights of the same name.
+        Hashes two moments of every tensor (one small transfer from the device), not their bytes."""
+        tensors = [*self.unet.state_dict().values(), *self.text_encoder.state_dict().values()]
+        moments = torch.stack([torch.stack([t.float().sum(), t.float().abs().sum()]) for t in tensors])
+        return hashlib.sha256(moments.cpu().double().numpy().tobytes()).hexdigest()[:16]
 
     @property
     def num_train_timesteps(self) -> int:

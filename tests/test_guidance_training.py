@@ -86,7 +86,7 @@ def test_teacher_sample_bank_is_reused_from_disk(tiny_teacher, tmp_path, monkeyp
     teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=tiny_teacher), torch.device("cpu"))
     spec = SampleBankSpec(samples_per_view=3, steps=2, cache_dir=str(tmp_path))
     prompts = ["a vase, front view", "a vase, back view"]
-    first = load_or_sample_bank(teacher, teacher.name, prompts, "", spec)
+    first = load_or_sample_bank(teacher, prompts, "", spec)
     assert first.shape == (2, 3, 4, 16, 16) and torch.isfinite(first).all()
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
@@ -94,9 +94,13 @@ def test_teacher_sample_bank_is_reused_from_disk(tiny_teacher, tmp_path, monkeyp
         raise AssertionError("the cached bank should have been loaded")
 
     monkeypatch.setattr(sample_bank, "sample_teacher", no_sampling)
-    torch.testing.assert_close(load_or_sample_bank(teacher, teacher.name, prompts, "", spec), first)
+    torch.testing.assert_close(load_or_sample_bank(teacher, prompts, "", spec), first)
     with pytest.raises(AssertionError, match="cached bank"):  # other settings, another key
-        load_or_sample_bank(teacher, teacher.name, prompts, "", SampleBankSpec(samples_per_view=3, steps=3, cache_dir=str(tmp_path)))
+        load_or_sample_bank(teacher, prompts, "", SampleBankSpec(samples_per_view=3, steps=3, cache_dir=str(tmp_path)))
+    with torch.no_grad():  # retrained weights saved under the same name: the cached bank is stale
+        teacher.unet.conv_out.bias.add_(0.01)
+    with pytest.raises(AssertionError, match="cached bank"):
+        load_or_sample_bank(teacher, prompts, "", spec)
 
 
 def test_ramps_and_the_divergence_switch():
