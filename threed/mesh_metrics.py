@@ -52,18 +52,21 @@ def chromaticity(rgb: np.ndarray) -> np.ndarray:
 
 
 def best_rotation(points: np.ndarray, truth_points: np.ndarray, coarse_step_deg: float = 10.0,
-                  fine_step_deg: float = 1.0, coarse_samples: int = 4000) -> tuple[float, float]:
+                  fine_step_deg: float = 1.0, sweep_samples: int = 4000) -> tuple[float, float]:
     """(Chamfer distance, angle) minimised over rotations of ``points`` about z: a coarse sweep of the
-    circle on a subsample of the points, then a fine one around the best coarse angle on all of them."""
+    circle, then a fine one around the best coarse angle, both on a subsample of the points (a
+    nearest-neighbour query is slow when the two sets lie far apart), and the distance at the best
+    angle on all of them."""
 
-    def sweep(angles: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
-        tree = cKDTree(theirs)
+    def sweep(angles: np.ndarray) -> float:
         distances = [chamfer(mine @ rotation_z(angle).T, theirs, tree) for angle in angles]
-        best = int(np.argmin(distances))
-        return distances[best], float(angles[best])
+        return float(angles[int(np.argmin(distances))])
 
-    _, coarse = sweep(np.arange(0.0, 360.0, coarse_step_deg), points[:coarse_samples], truth_points[:coarse_samples])
-    return sweep(coarse + np.arange(-coarse_step_deg, coarse_step_deg + 1e-9, fine_step_deg), points, truth_points)
+    mine, theirs = points[:sweep_samples], truth_points[:sweep_samples]
+    tree = cKDTree(theirs)
+    coarse = sweep(np.arange(0.0, 360.0, coarse_step_deg))
+    angle = sweep(coarse + np.arange(-coarse_step_deg, coarse_step_deg + 1e-9, fine_step_deg))
+    return chamfer(points @ rotation_z(angle).T, truth_points, cKDTree(truth_points)), angle
 
 
 def score_mesh(mesh: trimesh.Trimesh, truth: trimesh.Trimesh, inside_truth: Inside, albedo: tuple[float, float, float],
