@@ -3,8 +3,11 @@
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--config configs/shapeworld.yaml] [key.path=value ...]
 
 The pipeline runs in this process (a worker thread per run, progress passed through a queue), on
-CUDA when present. Runs are queued, one at a time by default; each writes its own run folder
-under ``<outputs>/app/`` (the prompt only ever becomes a slug of [a-z0-9_]).
+CUDA when present. One run uses the device at a time; up to ``--queue-size`` more wait for it (their
+page says so) and further ones are told the demo is busy. The runner keeps this queue itself rather
+than through Gradio's ``max_size``, which would refuse the Stop button too while the queue is full.
+Each run writes its own run folder under ``<outputs>/app/`` (the prompt only ever becomes a slug of
+[a-z0-9_]).
 """
 from __future__ import annotations
 
@@ -37,13 +40,38 @@ FINISHED = object()
 
 
 class DemoRunner:
-    """Turns the page's inputs into runs of the training pipeline, one at a time."""
+    """Turns the page's inputs into runs of the training pipeline, one at a time on the device, with at
+    most ``max_waiting`` runs waiting for it."""
 
-    def __init__(self, config_path: str, overrides: list[str]):
-        self.config_path, self.overrides = config_path, overrides
+    def __init__(self, config_path: str, overrides: list[str], max_waiting: int = 8):
+        self.config_path, self.overrides, self.max_waiting = config_path, overrides, max_waiting
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.default = load_config(config_path, overrides)
         self.stop_event = threading.Event()
+        self.device_lock = threading.Lock()  # held by the run (or comparison) using the device
+        self._waiting = 0
+        self._waiting_count_lock = threading.Lock()
+
+    def take_device_or_wait(self) -> bool:
+        """True with the device taken; False after joining the waiting runs (then call
+        ``wait_for_device``); a gr.Error, shown in the page, when ``max_waiting`` already wait."""
+        with self._waiting_count_lock:
+            if self.device_lock.acquire(blocking=False):
+                return True
+            if self._waiting >= self.max_waiting:
+                raise gr.Error(f"Busy: one run in progress, {self._waiting} waiting. Try again later.")
+            self._waiting += 1
+            return False
+
+    def wait_for_device(self) -> None:
+        try:
+            self.device_lock.acquire()
+        finally:
+            self.leave_waiting()
+
+    def leave_waiting(self) -> None:
+        with self._waiting_count_lock:
+            self._waiting -= 1
 
     def make_config(self, prompt: str, estimator: str, divergence: str, steps: float, seed: float, resolution: float,
                     teacher: str) -> Config:
@@ -66,25 +94,41 @@ class DemoRunner:
     def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher):
         """Yields (status, preview, video, model, files) as training goes; the last has the results."""
         config = self.make_config(prompt, estimator, divergence, steps, seed, resolution, teacher)
+        if not self.take_device_or_wait():
+            try:
+                yield "Waiting for the run ahead of yours to finish…", None, None, None, None
+            except GeneratorExit:  # the page was closed while waiting
+                self.leave_waiting()
+                raise
+            self.wait_for_device()
         try:
             teacher_model = DiffusionTeacher.from_pretrained(config.teacher, self.device)
+            paths = create_run(config.outputs, config.name, config.prompt)
+            save_config(config, paths.config)
         except TeacherNotFoundError as error:
+            self.device_lock.release()
             raise gr.Error(str(error)) from None
-        paths = create_run(config.outputs, config.name, config.prompt)
-        save_config(config, paths.config)
+        except BaseException:
+            self.device_lock.release()
+            raise
         self.stop_event.clear()
         updates: queue.Queue = queue.Queue()
         threading.Thread(target=self._work, args=(config, paths, teacher_model, updates), daemon=True).start()
         preview = None
-        while (item := updates.get()) is not FINISHED:
-            if isinstance(item, Exception):
-                raise gr.Error(f"The run failed: {item}")
-            record, preview = item
-            yield status(record, config), preview, None, None, None
+        try:
+            while (item := updates.get()) is not FINISHED:
+                if isinstance(item, Exception):
+                    raise gr.Error(f"The run failed: {item}")
+                record, preview = item
+                yield status(record, config), preview, None, None, None
+        except GeneratorExit:  # the page was closed: end the run rather than train for nobody
+            self.stop_event.set()
+            raise
         files = [str(paths.mesh(f)) for f in config.export.formats]
         yield f"Done: {paths.root}", preview, str(paths.video), str(paths.mesh("glb")), files
 
     def _work(self, config: Config, paths, teacher: DiffusionTeacher, updates: queue.Queue) -> None:
+        """Trains and exports in its own thread; gives the device back when done, whatever happened."""
         from threed.trainer import Trainer
 
         try:
@@ -101,17 +145,23 @@ class DemoRunner:
             updates.put(FINISHED)
         except Exception as error:  # reported in the page
             updates.put(error)
+        finally:
+            self.device_lock.release()
 
     def stop(self) -> str:
         self.stop_event.set()
         return "Stopping after this step; the video and meshes of what was made so far follow."
 
     def compare(self, prompt, methods, seeds, steps):
+        if not self.take_device_or_wait():
+            self.wait_for_device()
         try:
             overrides = [*self.overrides, override("prompt", prompt), f"trainer.max_steps={int(steps)}"]
             root = compare(self.config_path, overrides, parse_methods(methods), parse_seeds(seeds))
         except UserError as error:
             raise gr.Error(str(error)) from None
+        finally:
+            self.device_lock.release()
         return str(root / "grid.png"), str(root / "grid.mp4"), (root / "table.md").read_text()
 
 
@@ -170,11 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="a public gradio.live link (off unless asked for)")
     parser.add_argument("--config", default="configs/shapeworld.yaml")
-    parser.add_argument("--queue-size", type=int, default=8, help="waiting runs before new ones are told to try later")
+    parser.add_argument("--queue-size", type=int, default=8, help="runs that may wait for the device; more are told to try later")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = parser.parse_args(argv)
-    demo = build_demo(DemoRunner(args.config, args.overrides))
-    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    demo = build_demo(DemoRunner(args.config, args.overrides, max_waiting=args.queue_size))
+    demo.queue(default_concurrency_limit=None)  # the runner queues runs for the device itself
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(Path.cwd())])
 
 

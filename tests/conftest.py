@@ -56,7 +56,7 @@ def start_demo(folder, *extra_overrides: str, queue_size: int = 4):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     overrides = [*overrides_for_fast_runs(SHAPEWORLD_TEACHER, folder), *extra_overrides]
-    demo = app.build_demo(app.DemoRunner("configs/shapeworld.yaml", overrides))
-    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    demo = app.build_demo(app.DemoRunner("configs/shapeworld.yaml", overrides, max_waiting=queue_size))
+    demo.queue(default_concurrency_limit=None)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=["/tmp"])
     return demo

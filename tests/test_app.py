@@ -41,3 +41,26 @@ def test_stop_ends_the_run_and_keeps_what_was_made(client):
     status, _, video, model, files = job.result(timeout=120)
     assert status.startswith("Done") and video and model.endswith(".glb")
 
+
+
+def wait_for(job, *states: str) -> None:
+    while job.status().code.name not in states:
+        time.sleep(0.2)
+
+
+def test_a_full_queue_is_told_to_try_later(tmp_path):
+    demo = start_demo(tmp_path, queue_size=1)
+    client = gradio_client.Client(demo.local_url, verbose=False)
+    try:
+        running = client.submit("a blue cube", "sds", "fkl", 5000, 0, 16, EMBEDDED, api_name="/generate")
+        wait_for(running, "ITERATING")  # left the queue: the device is busy
+        waiting = client.submit("a red vase", "sds", "fkl", 3, 0, 16, EMBEDDED, api_name="/generate")
+        wait_for(waiting, "ITERATING")  # the one place in the queue is taken
+        assert waiting.outputs()[-1][0].startswith("Waiting for the run ahead")
+        with pytest.raises(Exception, match="Busy: one run in progress, 1 waiting. Try again later"):
+            client.predict("a red cone", "sds", "fkl", 3, 0, 16, EMBEDDED, api_name="/generate")
+        client.predict(api_name="/stop")
+        assert running.result(timeout=120)[0].startswith("Done")
+        assert waiting.result(timeout=120)[0].startswith("Done")  # the queued run was kept and ran
+    finally:
+        demo.close()
