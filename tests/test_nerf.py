@@ -192,6 +192,19 @@ def test_occupancy_grid_marks_the_sphere_and_forgets_with_decay():
     assert grid.is_occupied(torch.tensor([[0.5, 0.5, 0.5]])).all()
 
 
+def test_mesh_export_skips_empty_cells_without_changing_the_mesh():
+    from threed.export import extract_mesh
+
+    field = RadianceField(FieldSpec(grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)))
+    field.occupancy.update(field.density, torch.Generator().manual_seed(0))
+    assert 0.0 < field.occupancy.occupied.float().mean() < 0.5  # the blob: most of the box is empty
+    skipping = extract_mesh(field, 48, threshold=5.0)
+    field.occupancy = None
+    dense = extract_mesh(field, 48, threshold=5.0)
+    assert len(skipping.vertices) > 100
+    torch.testing.assert_close(torch.as_tensor(skipping.vertices), torch.as_tensor(dense.vertices))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("tinycudann") is None,
                     reason="tiny-cuda-nn parity needs CUDA and tinycudann")
 def test_tiny_cuda_nn_and_pytorch_hash_grids_agree():

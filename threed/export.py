@@ -23,13 +23,26 @@ def query_field(field: RadianceField, points: torch.Tensor, chunk: int = 65536) 
     return torch.cat([d for d, _ in parts]), torch.cat([a for _, a in parts])
 
 
+@torch.no_grad()
+def density_volume(field: RadianceField, resolution: int, chunk_points: int = 65536) -> torch.Tensor:
+    """-> density [resolution ** 3] on a lattice over the field's box, x slowest. Only points in the
+    occupancy grid's occupied cells are evaluated; the others, far below any surface threshold by
+    the grid's construction, get zero."""
+    radius = field.spec.radius
+    device = next(field.parameters()).device
+    axis = torch.linspace(-radius, radius, resolution, device=device)
+    lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    occupied = field.occupancy.is_occupied(lattice) if field.occupancy is not None else torch.ones_like(lattice[:, 0], dtype=torch.bool)
+    density = torch.zeros(len(lattice), device=device)
+    density[occupied] = torch.cat([field.density(chunk) for chunk in lattice[occupied].split(chunk_points)])
+    return density
+
+
 def extract_mesh(field: RadianceField, resolution: int, threshold: float) -> trimesh.Trimesh:
     """The ``density == threshold`` surface inside the field's box, with albedo as vertex colours."""
     radius = field.spec.radius
     device = next(field.parameters()).device
-    axis = torch.linspace(-radius, radius, resolution, device=device)
-    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    density, _ = query_field(field, grid)
+    density = density_volume(field, resolution)
     volume = density.reshape(resolution, resolution, resolution).cpu().numpy().astype(np.float64)
     if not (volume.max() > threshold > volume.min()):
         raise EmptyMeshError(
