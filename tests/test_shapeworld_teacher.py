@@ -35,7 +35,8 @@ def test_the_shipped_teacher_loads_offline_and_generates_64x64():
 def test_the_embedded_default_config_uses_the_shipped_teacher():
     config = load_config("configs/shapeworld.yaml", [])
     assert Path(config.teacher.pretrained).resolve() == SHIPPED_TEACHER
-    assert (config.guidance.estimator, config.guidance.divergence) == ("uni-instruct", "fkl")
+    final_step = config.trainer.max_steps
+    assert (config.guidance.estimator_at(final_step), config.guidance.divergence_at(final_step)) == ("uni-instruct", "fkl")
     assert (config.camera.height, config.camera.width, config.background.color) == (64, 64, [1.0, 1.0, 1.0])
 
 
