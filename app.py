@@ -105,11 +105,10 @@ class DemoRunner:
             teacher_model = DiffusionTeacher.from_pretrained(config.teacher, self.device)
             paths = create_run(config.outputs, config.name, config.prompt)
             save_config(config, paths.config)
-        except TeacherNotFoundError as error:
+        except BaseException as error:  # no run started: the device is free again
             self.device_lock.release()
-            raise gr.Error(str(error)) from None
-        except BaseException:
-            self.device_lock.release()
+            if isinstance(error, TeacherNotFoundError):
+                raise gr.Error(str(error)) from None
             raise
         self.stop_event.clear()
         updates: queue.Queue = queue.Queue()

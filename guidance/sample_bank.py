@@ -1,8 +1,9 @@
 """Samples of the teacher for each view-dependent prompt: the "real" data of the discriminator.
 
 Generated once with the teacher's own noise schedule (DDIM, classifier-free guidance) and cached
-on disk under a key of the teacher (its name and a fingerprint of its weights), the prompts, the sampler settings and the seed, so later runs
-with the same settings load them instead of sampling again.
+on disk under a key of the teacher (its name and a fingerprint of its weights), the prompts, the
+sampler settings and the seed, so later runs with the same settings load them instead of sampling
+again, and a teacher retrained in place samples afresh.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ class SampleBankSpec:
 
 
 def bank_key(teacher: DiffusionTeacher, prompts: list[str], negative_prompt: str, spec: SampleBankSpec) -> str:
-    settings = {"teacher": teacher.name, "weights": teacher.fingerprint(), "prompts": prompts, "negative": negative_prompt, "n": spec.samples_per_view,
-                "steps": spec.steps, "cfg": spec.guidance_scale, "seed": spec.seed}
+    settings = {"teacher": teacher.name, "weights": teacher.fingerprint(), "prompts": prompts, "negative": negative_prompt,
+                "n": spec.samples_per_view, "steps": spec.steps, "cfg": spec.guidance_scale, "seed": spec.seed}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
 
 

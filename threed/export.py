@@ -32,7 +32,9 @@ def density_volume(field: RadianceField, resolution: int, chunk_points: int = 65
     device = next(field.parameters()).device
     axis = torch.linspace(-radius, radius, resolution, device=device)
     lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    occupied = field.occupancy.is_occupied(lattice) if field.occupancy is not None else torch.ones_like(lattice[:, 0], dtype=torch.bool)
+    occupied = torch.ones(len(lattice), dtype=torch.bool, device=device)
+    if field.occupancy is not None:
+        occupied = field.occupancy.is_occupied(lattice)
     density = torch.zeros(len(lattice), device=device)
     density[occupied] = torch.cat([field.density(chunk) for chunk in lattice[occupied].split(chunk_points)])
     return density
