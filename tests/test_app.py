@@ -33,6 +33,13 @@ def test_bad_input_is_refused_in_the_page(client, prompt, steps, message):
         client.predict(prompt, "sds", "fkl", steps, 0, 16, EMBEDDED, api_name="/generate")
 
 
+def test_a_missing_teacher_is_refused_and_frees_the_device(client, tmp_path):
+    with pytest.raises(Exception, match="cannot load teacher"):
+        client.predict("a red vase", "sds", "fkl", 1, 0, 16, str(tmp_path / "no-teacher"), api_name="/generate")
+    next_run = client.submit("a red vase", "sds", "fkl", 1, 0, 16, EMBEDDED, api_name="/generate")
+    assert next_run.result(timeout=120)[0].startswith("Done")  # a device left locked would keep it waiting
+
+
 def test_stop_ends_the_run_and_keeps_what_was_made(client):
     job = client.submit("a blue cube", "sds", "fkl", 5000, 0, 16, EMBEDDED, api_name="/generate")
     while not job.status().code.name == "ITERATING":  # training has logged its first steps
