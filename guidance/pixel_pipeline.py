@@ -26,9 +26,11 @@ class PixelDiffusionPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str = "", num_inference_steps: int = 30,
-                 guidance_scale: float = 5.0, generator: torch.Generator | None = None,
+                 guidance_scale: float = 1.0, generator: torch.Generator | None = None,
                  output_type: str = "pil") -> ImagePipelineOutput:
-        """Samples one image per prompt; output_type "pil", "np" ([n, H, W, 3] in [0, 1]) or "pt" ([n, 3, H, W])."""
+        """Samples one image per prompt; output_type "pil", "np" ([n, H, W, 3] in [0, 1]) or "pt" ([n, 3, H, W]).
+        The shipped ShapeWorld teacher samples best at guidance 1 (the conditional model alone); above
+        about 2.5 its samples turn to saturated noise."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cond = self.encode_prompt(prompts)
         uncond = self.encode_prompt([negative_prompt]).expand_as(cond)

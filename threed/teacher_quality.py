@@ -1,5 +1,6 @@
 """How good is a ShapeWorld teacher? A small shape-and-colour classifier trained on ShapeWorld renders
-judges the teacher's own samples (its pipeline's sampler, classifier-free guidance) for all 36 prompts.
+judges the teacher's own samples (its pipeline's sampler, classifier-free guidance at --guidance-scale)
+for all 36 prompts.
 The bar of shapeworld.md is 90% for shape and for colour.
 
     python -m threed.teacher_quality train-classifier assets/shapeworld-classifier.pt
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
     evaluate.add_argument("--per-prompt", type=int, default=4, help="samples per prompt, views cycling")
     evaluate.add_argument("--steps", type=int, default=30, help="sampler steps")
-    evaluate.add_argument("--guidance-scale", type=float, default=5.0)
+    evaluate.add_argument("--guidance-scale", type=float, default=1.0,
+                          help="classifier-free guidance; 1 is the conditional model alone (the shipped teacher's best)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--grid", type=Path, help="also write the samples as a PNG grid, one row per shape")
     evaluate.set_defaults(run=_evaluate_command)
