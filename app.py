@@ -27,7 +27,7 @@ from guidance.divergences import DIVERGENCES
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
 from threed.artifacts import write_meshes, write_video
 from threed.cameras import turntable_cameras
-from threed.compare import compare, parse_methods, parse_seeds
+from threed.compare import USES_DIVERGENCE, Method, compare, parse_methods, parse_seeds
 from threed.config import Config, load_config, override, save_config
 from threed.errors import UserError
 from threed.runs import create_run
@@ -82,10 +82,10 @@ class DemoRunner:
             raise gr.Error(f"The prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}.")
         if not 1 <= steps <= MAX_STEPS:
             raise gr.Error(f"Steps must be between 1 and {MAX_STEPS}.")
-        overrides = [override("prompt", prompt), f"guidance.estimator={estimator}", f"guidance.divergence={divergence}",
-                     f"trainer.max_steps={int(steps)}", f"seed={int(seed)}", f"camera.height={int(resolution)}",
-                     f"camera.width={int(resolution)}", override("teacher.pretrained", teacher.strip() or self.default.teacher.pretrained),
-                     "name=app"]
+        method = Method(estimator, divergence if estimator in USES_DIVERGENCE else "")
+        overrides = [override("prompt", prompt), *method.overrides(self.default), f"trainer.max_steps={int(steps)}",
+                     f"seed={int(seed)}", f"camera.height={int(resolution)}", f"camera.width={int(resolution)}",
+                     override("teacher.pretrained", teacher.strip() or self.default.teacher.pretrained), "name=app"]
         try:
             return load_config(self.config_path, [*self.overrides, *overrides])
         except UserError as error:
@@ -181,8 +181,9 @@ def build_demo(runner: DemoRunner) -> gr.Blocks:
                     if is_canon_prompt(default.prompt):  # the ShapeWorld teacher knows "a COLOUR SHAPE" only
                         gr.Examples([[p] for p in SHOWCASE_PROMPTS], inputs=prompt, label="ShapeWorld prompts")
                     with gr.Row():
-                        estimator = gr.Dropdown(list(ESTIMATORS), value=default.guidance.estimator, label="Estimator")
-                        divergence = gr.Dropdown(list(DIVERGENCES), value=default.guidance.divergence, label="Divergence")
+                        final_step = default.trainer.max_steps  # the method the config ends on, after any warm start
+                        estimator = gr.Dropdown(list(ESTIMATORS), value=default.guidance.estimator_at(final_step), label="Estimator")
+                        divergence = gr.Dropdown(list(DIVERGENCES), value=default.guidance.divergence_at(final_step), label="Divergence")
                     with gr.Row():
                         steps = gr.Number(value=default.trainer.max_steps, precision=0, label="Steps")
                         seed = gr.Number(value=default.seed, precision=0, label="Seed")

@@ -48,8 +48,16 @@ class Method:
     def label(self) -> str:
         return f"{self.estimator}:{self.divergence}" if self.divergence else self.estimator
 
-    def overrides(self) -> list[str]:
-        return [f"guidance.estimator={self.estimator}"] + ([f"guidance.divergence={self.divergence}"] if self.divergence else [])
+    def overrides(self, base: Config) -> list[str]:
+        """Config overrides that run this method on ``base``. The method ``base`` ends on keeps its
+        schedule (a warm start through ``guidance.switch``); any other runs alone from the first step."""
+        final_step = base.trainer.max_steps
+        is_base_method = self.estimator == base.guidance.estimator_at(final_step) and (
+            self.estimator not in USES_DIVERGENCE or self.divergence == base.guidance.divergence_at(final_step))
+        if is_base_method:
+            return []
+        divergence = [f"guidance.divergence={self.divergence}"] if self.divergence else []
+        return [f"guidance.estimator={self.estimator}", *divergence, "guidance.switch.step=-1"]
 
 
 def parse_methods(text: str) -> list[Method]:
@@ -121,7 +129,7 @@ def plan_cells(config_path: str, overrides: list[str], methods: list[Method], se
     base = load_config(config_path, overrides)
     root = Path(base.outputs) / "compare" / base.name / prompt_slug(base.prompt)
     cells = [Cell(m, s, RunPaths(root / m.label.replace(":", "-") / f"seed{s}"),
-                  load_config(config_path, [*overrides, *m.overrides(), f"seed={s}"]))
+                  load_config(config_path, [*overrides, *m.overrides(base), f"seed={s}"]))
              for m, s in itertools.product(methods, seeds)]
     return base, root, cells
 
