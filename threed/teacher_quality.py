@@ -194,13 +194,13 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
                 "wrong_colour": [swap_word(c, COLOURS) for c in true], "empty": [""] * len(true)}
     encoded = {name: pipeline.encode_prompt(texts) for name, texts in captions.items()}  # once, for every timestep
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
     generator = torch.Generator().manual_seed(seed)
     report = {}
     for t in timesteps:
         timestep = torch.full((len(images),), t)
         noise = torch.randn(images.shape, generator=generator)
         noisy = scheduler.add_noise(images, noise, timestep)
-        v_prediction = scheduler.config.prediction_type == "v_prediction"
         target = scheduler.get_velocity(images, noise, timestep) if v_prediction else noise
         report[str(t)] = {name: F.mse_loss(pipeline.unet(noisy, timestep, encoder_hidden_states=states).sample,
                                            target).item() for name, states in encoded.items()}

@@ -6,8 +6,9 @@ loads like Stable Diffusion.
 
 Recipe (after the calibration notes in shapeworld.md): v-prediction on a cosine noise schedule,
 AdamW with a warmed-up cosine learning rate, an EMA of the weights (what is saved), 10% caption
-dropout for classifier-free guidance, optional bf16 autocast (only faster on CPUs with AMX). The text encoder is a small CLIP trained with the
-U-Net; the tokenizer loads offline (see guidance.offline_tokenizer: "torus" comes out as four tokens).
+dropout for classifier-free guidance, optional bf16 autocast (only faster on CPUs with AMX). The
+text encoder is a small CLIP trained with the U-Net; the tokenizer loads offline (see
+guidance.offline_tokenizer: "torus" comes out as four tokens).
 """
 from __future__ import annotations
 
