@@ -81,11 +81,12 @@ class HashGridEncoding(nn.Module):
             "level_sizes": sizes,
             "level_scales": torch.tensor(spec.level_scales(), dtype=torch.float32),
             "dense_strides": torch.stack([torch.ones_like(resolutions), resolutions, resolutions**2], dim=-1),
-            "uses_hash": torch.tensor([r**3 > size for r, size in zip(spec.level_resolutions(), spec.level_sizes())]),
             "primes": torch.tensor(INT32_PRIMES, dtype=torch.int32),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
+        # Levels grow finer, so those whose whole grid fits in the table (indexed directly) come first.
+        self.n_dense_levels = sum(r**3 <= size for r, size in zip(spec.level_resolutions(), spec.level_sizes()))
 
     @property
     def n_output_dims(self) -> int:
@@ -122,16 +123,18 @@ class HashGridEncoding(nn.Module):
         axis_weights = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
         rows = self._table_rows(grid_coords) + self.level_offsets[:, None]  # [N, L, 8]
         weights = combine_over_corners(axis_weights, torch.mul)  # [N, L, 8]
-        corner_features = self.table[rows]  # [N, L, 8, F]
+        # index_select, not table[rows]: on the CPU its forward and backward (index_add_) are 2-3x faster.
+        corner_features = self.table.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [N, L, 8, F]
         features = (weights[..., None].to(self.table.dtype) * corner_features).sum(dim=2)  # [N, L, F]
         return features.flatten(1).to(points.dtype)
 
     def _table_rows(self, grid_coords: torch.Tensor) -> torch.Tensor:
-        """grid_coords: [N, L, 3, 2] integer coordinates -> [N, L, 8] row within each level's table."""
-        dense_index = combine_over_corners(grid_coords * self.dense_strides[..., None], torch.add)
-        hash_index = combine_over_corners(grid_coords * self.primes[:, None], torch.bitwise_xor)
-        index = torch.where(self.uses_hash[:, None], hash_index, dense_index)
-        return index % self.level_sizes[:, None]
+        """grid_coords: [N, L, 3, 2] integer coordinates -> [N, L, 8] row within each level's table.
+        Each level is indexed one way only: directly (the coarse levels) or through the hash."""
+        dense = self.n_dense_levels
+        dense_index = combine_over_corners(grid_coords[:, :dense] * self.dense_strides[:dense, :, None], torch.add)
+        hash_index = combine_over_corners(grid_coords[:, dense:] * self.primes[:, None], torch.bitwise_xor)
+        return torch.cat([dense_index, hash_index], dim=1) % self.level_sizes[:, None]
 
 
 def combine_over_corners(per_axis: torch.Tensor, combine) -> torch.Tensor:
