@@ -3,6 +3,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 
@@ -193,16 +194,50 @@ def test_occupancy_grid_marks_the_sphere_and_forgets_with_decay():
 
 
 def test_mesh_export_skips_empty_cells_without_changing_the_mesh():
-    from threed.export import extract_mesh
+    from threed.export import ExportSpec, extract_mesh
 
     field = RadianceField(FieldSpec(grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)))
     field.occupancy.update(field.density, torch.Generator().manual_seed(0))
     assert 0.0 < field.occupancy.occupied.float().mean() < 0.5  # the blob: most of the box is empty
-    skipping = extract_mesh(field, 48, threshold=5.0)
+    skipping = extract_mesh(field, ExportSpec(resolution=48, threshold=5.0))
     field.occupancy = None
-    dense = extract_mesh(field, 48, threshold=5.0)
+    dense = extract_mesh(field, ExportSpec(resolution=48, threshold=5.0))
     assert len(skipping.vertices) > 100
     torch.testing.assert_close(torch.as_tensor(skipping.vertices), torch.as_tensor(dense.vertices))
+
+
+class HollowBallAndFloaterField(nn.Module):
+    """Density 20 in a shell 0.2 < |x| < 0.35 (hollow inside) and in a small ball at (0.7, 0, 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = SimpleNamespace(radius=1.0)
+        self.occupancy = None
+        self.unused = nn.Parameter(torch.zeros(1))  # export reads the device from the parameters
+
+    def density(self, points):
+        distance = points.norm(dim=-1)
+        floater = (points - torch.tensor([0.7, 0.0, 0.0])).norm(dim=-1) < 0.06
+        return 20.0 * (((distance > 0.2) & (distance < 0.35)) | floater).float()
+
+    def forward(self, points):
+        return self.density(points), torch.full_like(points, 0.5)
+
+
+def test_mesh_export_fills_the_hollow_inside_and_can_drop_floaters():
+    from threed.export import ExportSpec, extract_mesh
+
+    field = HollowBallAndFloaterField()
+    hollow = extract_mesh(field, ExportSpec(resolution=64, fill_cavities=False))
+    filled = extract_mesh(field, ExportSpec(resolution=64))
+    cleaned = extract_mesh(field, ExportSpec(resolution=64, min_component_fraction=0.5))
+    assert len(hollow.split(only_watertight=False)) == 3  # outer shell, inner shell, floater
+    assert len(filled.split(only_watertight=False)) == 2
+    ball_volume = 4 / 3 * np.pi * 0.35**3
+    assert abs(filled.volume - ball_volume) < 0.1 * ball_volume  # solid: the inner surface is gone
+    assert len(cleaned.split(only_watertight=False)) == 1
+    assert cleaned.bounds[1, 0] < 0.4  # the floater at x = 0.7 is left out
+    assert cleaned.visual.vertex_colors.shape == (len(cleaned.vertices), 4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("tinycudann") is None,

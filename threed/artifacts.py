@@ -37,7 +37,7 @@ def write_video(field: RadianceField, config: Config, paths: RunPaths) -> None:
 
 def write_meshes(field: RadianceField, config: Config, paths: RunPaths, formats: list[str]) -> None:
     """The meshes, and for a ShapeWorld prompt the evaluator's score of them (``mesh/shapeworld_score.json``)."""
-    mesh = extract_mesh(field, config.export.resolution, config.export.threshold)
+    mesh = extract_mesh(field, config.export)
     for file_format in formats:
         save_mesh(mesh, paths.mesh(file_format))
         log.info("mesh (%d vertices): %s", len(mesh.vertices), paths.mesh(file_format))

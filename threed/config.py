@@ -23,6 +23,7 @@ from nerf.field import FieldSpec
 from nerf.renderer import RenderSpec
 from threed.cameras import CameraSpec, TurntableSpec
 from threed.errors import ConfigError
+from threed.export import ExportSpec
 from threed.regularizers import RegularizerSpec
 
 
@@ -45,13 +46,6 @@ class TrainerSpec:
     keep_checkpoints: int = field(default=2, metadata={"range": (1, None)})
     # Bit-exact reruns and resumes (torch.use_deterministic_algorithms); costs some speed, mostly on CUDA.
     deterministic: bool = True
-
-
-@dataclass
-class ExportSpec:
-    resolution: int = field(default=128, metadata={"range": (8, 1024)})
-    threshold: float = field(default=5.0, metadata={"range": (0.0, None)})
-    formats: list[str] = field(default_factory=lambda: ["obj", "glb", "ply"])
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """Mesh extraction (marching cubes on the density grid) and export with vertex colours."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import mcubes
 import numpy as np
 import torch
 import trimesh
+from scipy import ndimage
 
 from nerf.field import RadianceField
 from threed.errors import UserError
@@ -14,6 +17,18 @@ from threed.errors import UserError
 
 class EmptyMeshError(UserError):
     pass
+
+
+@dataclass
+class ExportSpec:
+    resolution: int = dataclasses.field(default=128, metadata={"range": (8, 1024)})
+    threshold: float = dataclasses.field(default=5.0, metadata={"range": (0.0, None)})
+    formats: list[str] = dataclasses.field(default_factory=lambda: ["obj", "glb", "ply"])
+    # A NeRF is often hollow (only its shell is ever seen): pockets of low density that the outside
+    # cannot reach count as inside, so the mesh is the outer surface alone.
+    fill_cavities: bool = True
+    # Pieces with fewer faces than this fraction of the largest piece's (floaters) are left out.
+    min_component_fraction: float = dataclasses.field(default=0.0, metadata={"range": (0.0, 1.0)})
 
 
 @torch.no_grad()
@@ -40,22 +55,33 @@ def density_volume(field: RadianceField, resolution: int, chunk_points: int = 65
     return density
 
 
-def extract_mesh(field: RadianceField, resolution: int, threshold: float) -> trimesh.Trimesh:
-    """The ``density == threshold`` surface inside the field's box, with albedo as vertex colours."""
+def extract_mesh(field: RadianceField, spec: ExportSpec) -> trimesh.Trimesh:
+    """The ``density == spec.threshold`` surface inside the field's box, with albedo as vertex colours."""
     radius = field.spec.radius
     device = next(field.parameters()).device
-    density = density_volume(field, resolution)
-    volume = density.reshape(resolution, resolution, resolution).cpu().numpy().astype(np.float64)
-    if not (volume.max() > threshold > volume.min()):
+    density = density_volume(field, spec.resolution)
+    volume = density.reshape((spec.resolution,) * 3).cpu().numpy().astype(np.float64)
+    if not (volume.max() > spec.threshold > volume.min()):
         raise EmptyMeshError(
-            f"no surface at export.threshold={threshold}: the density lies in [{volume.min():.3g}, {volume.max():.3g}]. "
+            f"no surface at export.threshold={spec.threshold}: the density lies in [{volume.min():.3g}, {volume.max():.3g}]. "
             f"Set export.threshold inside that range, or train longer"
         )
-    vertices, faces = mcubes.marching_cubes(volume, threshold)
-    vertices = vertices / (resolution - 1) * (2 * radius) - radius  # mcubes' faces already point to low density
+    if spec.fill_cavities:
+        solid = volume > spec.threshold
+        volume[ndimage.binary_fill_holes(solid) & ~solid] = volume.max()
+    vertices, faces = mcubes.marching_cubes(volume, spec.threshold)
+    vertices = vertices / (spec.resolution - 1) * (2 * radius) - radius  # mcubes' faces already point to low density
     _, albedo = query_field(field, torch.as_tensor(vertices, dtype=torch.float32, device=device))
     colors = (albedo.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
+    return without_small_components(mesh, spec.min_component_fraction) if spec.min_component_fraction > 0 else mesh
+
+
+def without_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trimesh.Trimesh:
+    """The mesh without its connected pieces of fewer faces than ``min_fraction`` of the largest's."""
+    pieces = mesh.split(only_watertight=False)
+    largest = max(len(piece.faces) for piece in pieces)
+    return trimesh.util.concatenate([piece for piece in pieces if len(piece.faces) >= min_fraction * largest])
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
