@@ -1,4 +1,5 @@
-"""The divergence comparison: 2 methods x 2 seeds, its grids and tables, and the skip on a second call."""
+"""The divergence comparison: 2 methods x 2 seeds, its grids and tables, the skip on a second call, and
+the refusal of cells made with another config."""
 import csv
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from threed.config import load_config
 from threed.errors import ConfigError
 
 
-def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overrides, caplog):
+def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overrides, caplog, capsys):
     out = Path(next(o.split("=", 1)[1] for o in fast_overrides if o.startswith("outputs=")))
     args = ["--compare", "--config", "configs/tiny.yaml", "--prompt", "a red cube", "--methods", "uni-instruct:fkl,sds",
             "--seeds", "0,1", *fast_overrides, "trainer.max_steps=2", "export.formats=[glb]", "video.frames=3"]
@@ -32,6 +33,9 @@ def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overri
     with caplog.at_level("INFO"):
         assert launch.main(args) == 0
     assert caplog.text.count("finished, skipped") == 4
+
+    assert launch.main([*args, "trainer.max_steps=3"]) == 2  # the finished cells are not this config's
+    assert "was run with another config (trainer.max_steps: 2 -> 3)" in capsys.readouterr().err
 
 
 def test_odd_sized_frames_still_make_a_video(tmp_path):
@@ -87,6 +91,9 @@ def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overr
     with caplog.at_level("INFO"):
         quality_table.main(args)
     assert caplog.text.count("finished, skipped") == 4
+
+    assert launch.main([*args, "trainer.max_steps=3"]) == 2  # the finished cells are not this config's
+    assert "was run with another config (trainer.max_steps: 2 -> 3)" in capsys.readouterr().err
 
 
 def test_quality_table_checks_the_prompts_before_training(capsys):

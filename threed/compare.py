@@ -21,6 +21,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 import trimesh
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from scipy.spatial import cKDTree
 
@@ -131,7 +132,34 @@ def plan_cells(config_path: str, overrides: list[str], methods: list[Method], se
     cells = [Cell(m, s, RunPaths(root / m.label.replace(":", "-") / f"seed{s}"),
                   load_config(config_path, [*overrides, *m.overrides(base), f"seed={s}"]))
              for m, s in itertools.product(methods, seeds)]
+    for cell in cells:
+        refuse_stale_cell(cell)
     return base, root, cells
+
+
+def refuse_stale_cell(cell: Cell) -> None:
+    """A cell folder made with another config is neither reused nor resumed: its numbers would not be
+    this config's."""
+    if not cell.paths.config.is_file():
+        return
+    saved, planned = (flat_config(c) for c in (load_config(cell.paths.config), cell.config))
+    changed = [f"{key}: {saved.get(key)!r} -> {planned.get(key)!r}"
+               for key in sorted(saved.keys() | planned.keys()) if saved.get(key) != planned.get(key)]
+    if changed:
+        raise ConfigError(f"{cell.paths.root} was run with another config ({'; '.join(changed[:5])}). Delete that "
+                          f"folder to run the cell again with this config, or compare under a new outputs= folder")
+
+
+def flat_config(config: Config) -> dict:
+    """{"trainer.max_steps": 300, ...}: every leaf of the config by its dotted key."""
+    def leaves(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], node
+
+    return dict(leaves(OmegaConf.to_container(OmegaConf.structured(config)), ""))
 
 
 def run_missing_cells(cells: list[Cell]) -> None:
