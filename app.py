@@ -76,12 +76,7 @@ class DemoRunner:
     def make_config(self, prompt: str, estimator: str, divergence: str, steps: float, seed: float, resolution: float,
                     teacher: str) -> Config:
         """The run's config; a gr.Error (shown in the page, no run started) for bad input."""
-        if not prompt or not prompt.strip():
-            raise gr.Error("Type a prompt first, e.g. “a red vase”.")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise gr.Error(f"The prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}.")
-        if not 1 <= steps <= MAX_STEPS:
-            raise gr.Error(f"Steps must be between 1 and {MAX_STEPS}.")
+        check_prompt_and_steps(prompt, steps)
         method = Method(estimator, divergence if estimator in USES_DIVERGENCE else "")
         overrides = [override("prompt", prompt), *method.overrides(self.default), f"trainer.max_steps={int(steps)}",
                      f"seed={int(seed)}", f"camera.height={int(resolution)}", f"camera.width={int(resolution)}",
@@ -152,16 +147,30 @@ class DemoRunner:
         return "Stopping after this step; the video and meshes of what was made so far follow."
 
     def compare(self, prompt, methods, seeds, steps):
+        """Runs the comparison (cells already made are reused) -> (grid image, grid video, table)."""
+        check_prompt_and_steps(prompt, steps)
         if not self.take_device_or_wait():
             self.wait_for_device()
         try:
-            overrides = [*self.overrides, override("prompt", prompt), f"trainer.max_steps={int(steps)}"]
+            # One comparison folder per step count: cells made with other steps are another config's.
+            overrides = [*self.overrides, override("prompt", prompt), f"trainer.max_steps={int(steps)}",
+                         f"name=app-{int(steps)}-steps"]
             root = compare(self.config_path, overrides, parse_methods(methods), parse_seeds(seeds))
         except UserError as error:
             raise gr.Error(str(error)) from None
         finally:
             self.device_lock.release()
         return str(root / "grid.png"), str(root / "grid.mp4"), (root / "table.md").read_text()
+
+
+def check_prompt_and_steps(prompt: str, steps: float) -> None:
+    """A gr.Error, shown in the page before any run starts, for an empty or over-long prompt or steps out of range."""
+    if not prompt or not prompt.strip():
+        raise gr.Error("Type a prompt first, e.g. “a red vase”.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise gr.Error(f"The prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}.")
+    if not 1 <= steps <= MAX_STEPS:
+        raise gr.Error(f"Steps must be between 1 and {MAX_STEPS}.")
 
 
 def status(record: dict, config: Config) -> str:

@@ -11,8 +11,13 @@ EMBEDDED = ""  # an empty teacher box means the config's, the shipped ShapeWorld
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    demo = start_demo(tmp_path_factory.mktemp("app"), "trainer.log_every=1")
+def demo_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="module")
+def client(demo_folder):
+    demo = start_demo(demo_folder, "trainer.log_every=1")
     yield gradio_client.Client(demo.local_url, verbose=False)
     demo.close()
 
@@ -48,6 +53,20 @@ def test_stop_ends_the_run_and_keeps_what_was_made(client):
     status, _, video, model, files = job.result(timeout=120)
     assert status.startswith("Done") and video and model.endswith(".glb")
 
+
+
+def test_the_compare_tab_shows_the_grid_and_table_and_reuses_its_cells(client, demo_folder):
+    image, video, table = client.predict("a green cube", "uni-instruct:fkl,sds", "0", 2, api_name="/compare")
+    assert image.endswith(".png") and video
+    assert "| uni-instruct:fkl |" in table and "| sds |" in table
+    # Other steps make another comparison (not a refusal of the cells above); the same steps reuse them.
+    assert "| sds |" in client.predict("a green cube", "sds", "0", 3, api_name="/compare")[2]
+    record = demo_folder / "outputs" / "compare" / "app-2-steps" / "a_green_cube" / "sds" / "seed0" / "cell.json"
+    finished_at = record.stat().st_mtime_ns
+    assert "| sds |" in client.predict("a green cube", "sds", "0", 2, api_name="/compare")[2]
+    assert record.stat().st_mtime_ns == finished_at  # not trained again
+    with pytest.raises(Exception, match="Type a prompt"):
+        client.predict(" ", "sds", "0", 2, api_name="/compare")
 
 
 def wait_for(job, *states: str) -> None:
