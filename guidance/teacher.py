@@ -81,10 +81,12 @@ class DiffusionTeacher(nn.Module):
     def fingerprint(self) -> str:
         """A short hash of the U-Net's and text encoder's weights: changes whenever the weights do, so
         caches of the teacher's samples keyed by it go stale with retrained weights of the same name.
-        Hashes two moments of every tensor (one small transfer from the device), not their bytes."""
+        Hashes two moments of every tensor (one small transfer from the device), not their bytes,
+        rounded to 9 significant digits: a sum's last bits depend on the threads that computed it."""
         tensors = [*self.unet.state_dict().values(), *self.text_encoder.state_dict().values()]
-        moments = torch.stack([torch.stack([t.float().sum(), t.float().abs().sum()]) for t in tensors])
-        return hashlib.sha256(moments.cpu().double().numpy().tobytes()).hexdigest()[:16]
+        moments = torch.stack([torch.stack([t.double().sum(), t.double().abs().sum()]) for t in tensors])
+        text = " ".join(f"{value:.9g}" for value in moments.cpu().flatten().tolist())
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def num_train_timesteps(self) -> int:

@@ -32,6 +32,20 @@ def test_the_shipped_teacher_loads_offline_and_generates_64x64():
     assert image.std() > 0.05  # an image, not a constant
 
 
+def test_the_teachers_fingerprint_does_not_depend_on_the_thread_count():
+    """The sample-bank cache is keyed by it: a run with other OMP_NUM_THREADS must find the same bank."""
+    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=str(SHIPPED_TEACHER)), torch.device("cpu"))
+    threads = torch.get_num_threads()
+    try:
+        fingerprints = set()
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            fingerprints.add(teacher.fingerprint())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(fingerprints) == 1
+
+
 def test_the_embedded_default_config_uses_the_shipped_teacher():
     config = load_config("configs/shapeworld.yaml", [])
     assert Path(config.teacher.pretrained).resolve() == SHIPPED_TEACHER
