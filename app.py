@@ -37,6 +37,7 @@ from threed.video import render_views
 MAX_PROMPT_CHARS = 200
 MAX_STEPS = 20000
 FINISHED = object()
+WAITING = "Waiting for the run ahead of yours to finish…"
 
 
 class DemoRunner:
@@ -52,26 +53,23 @@ class DemoRunner:
         self._waiting = 0
         self._waiting_count_lock = threading.Lock()
 
-    def take_device_or_wait(self) -> bool:
-        """True with the device taken; False after joining the waiting runs (then call
-        ``wait_for_device``); a gr.Error, shown in the page, when ``max_waiting`` already wait."""
+    def wait_turn(self, waiting_update: tuple):
+        """Takes the device for the caller's run: at once when it is free, else after yielding
+        ``waiting_update`` (the page's "waiting" outputs) once and waiting for the runs ahead. A
+        gr.Error, shown in the page, when ``max_waiting`` runs already wait. Use with ``yield from``, so
+        that a page closed while waiting leaves the queue."""
         with self._waiting_count_lock:
             if self.device_lock.acquire(blocking=False):
-                return True
+                return
             if self._waiting >= self.max_waiting:
                 raise gr.Error(f"Busy: one run in progress, {self._waiting} waiting. Try again later.")
             self._waiting += 1
-            return False
-
-    def wait_for_device(self) -> None:
         try:
+            yield waiting_update
             self.device_lock.acquire()
         finally:
-            self.leave_waiting()
-
-    def leave_waiting(self) -> None:
-        with self._waiting_count_lock:
-            self._waiting -= 1
+            with self._waiting_count_lock:
+                self._waiting -= 1
 
     def make_config(self, prompt: str, estimator: str, divergence: str, steps: float, seed: float, resolution: float,
                     teacher: str) -> Config:
@@ -89,13 +87,7 @@ class DemoRunner:
     def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher):
         """Yields (status, preview, video, model, files) as training goes; the last has the results."""
         config = self.make_config(prompt, estimator, divergence, steps, seed, resolution, teacher)
-        if not self.take_device_or_wait():
-            try:
-                yield "Waiting for the run ahead of yours to finish…", None, None, None, None
-            except GeneratorExit:  # the page was closed while waiting
-                self.leave_waiting()
-                raise
-            self.wait_for_device()
+        yield from self.wait_turn((WAITING, None, None, None, None))
         try:
             teacher_model = DiffusionTeacher.from_pretrained(config.teacher, self.device)
             paths = create_run(config.outputs, config.name, config.prompt)
@@ -147,10 +139,10 @@ class DemoRunner:
         return "Stopping after this step; the video and meshes of what was made so far follow."
 
     def compare(self, prompt, methods, seeds, steps):
-        """Runs the comparison (cells already made are reused) -> (grid image, grid video, table)."""
+        """Runs the comparison (cells already made are reused); yields (grid image, grid video, table),
+        the last with the results."""
         check_prompt_and_steps(prompt, steps)
-        if not self.take_device_or_wait():
-            self.wait_for_device()
+        yield from self.wait_turn((None, None, WAITING))
         try:
             # One comparison folder per step count: cells made with other steps are another config's.
             overrides = [*self.overrides, override("prompt", prompt), f"trainer.max_steps={int(steps)}",
@@ -160,7 +152,7 @@ class DemoRunner:
             raise gr.Error(str(error)) from None
         finally:
             self.device_lock.release()
-        return str(root / "grid.png"), str(root / "grid.mp4"), (root / "table.md").read_text()
+        yield str(root / "grid.png"), str(root / "grid.mp4"), (root / "table.md").read_text()
 
 
 def check_prompt_and_steps(prompt: str, steps: float) -> None:

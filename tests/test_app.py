@@ -85,8 +85,27 @@ def test_a_full_queue_is_told_to_try_later(tmp_path):
         assert waiting.outputs()[-1][0].startswith("Waiting for the run ahead")
         with pytest.raises(Exception, match="Busy: one run in progress, 1 waiting. Try again later"):
             client.predict("a red cone", "sds", "fkl", 3, 0, 16, EMBEDDED, api_name="/generate")
+        with pytest.raises(Exception, match="Busy"):  # comparisons share the device's queue
+            client.predict("a red cone", "sds", "0", 2, api_name="/compare")
         client.predict(api_name="/stop")
         assert running.result(timeout=120)[0].startswith("Done")
         assert waiting.result(timeout=120)[0].startswith("Done")  # the queued run was kept and ran
     finally:
         demo.close()
+
+
+def test_a_run_waiting_for_the_device_leaves_the_queue_when_its_page_closes():
+    import gradio as gr
+
+    import app
+
+    runner = app.DemoRunner("configs/shapeworld.yaml", [], max_waiting=1)
+    assert list(runner.wait_turn("waiting")) == []  # the device was free: taken without waiting
+    waiting = runner.wait_turn("waiting")
+    assert next(waiting) == "waiting"
+    with pytest.raises(gr.Error, match="Busy"):
+        next(runner.wait_turn("waiting"))  # the one place is taken
+    waiting.close()  # the page was closed
+    assert runner._waiting == 0
+    runner.device_lock.release()
+    assert list(runner.wait_turn("waiting")) == []  # the queue is empty and the device free again

@@ -1,11 +1,13 @@
 """The divergence comparison: 2 methods x 2 seeds, its grids and tables, the skip on a second call, and
 the refusal of cells made with another config."""
 import csv
+import json
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 
 import launch
 from threed.compare import Method, parse_methods, parse_seeds
@@ -33,6 +35,14 @@ def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overri
     with caplog.at_level("INFO"):
         assert launch.main(args) == 0
     assert caplog.text.count("finished, skipped") == 4
+
+    # A cell interrupted after its last checkpoint: its wall time counts the training before the interruption.
+    cell = root / "sds" / "seed1"
+    checkpoint = cell / "checkpoints" / "step0000002.pt"
+    torch.save({**torch.load(checkpoint, weights_only=True), "training_s": 1000.0}, checkpoint)
+    (cell / "cell.json").unlink()
+    assert launch.main(args) == 0
+    assert 1000 < json.loads((cell / "cell.json").read_text())["wall_time_s"] < 1100
 
     assert launch.main([*args, "trainer.max_steps=3"]) == 2  # the finished cells are not this config's
     assert "was run with another config (trainer.max_steps: 2 -> 3)" in capsys.readouterr().err

@@ -89,8 +89,11 @@ def test_a_killed_run_resumes_to_the_same_parameters(finished_run, tmp_path):
     # The process died after its step-3 checkpoint: nothing from later steps survives.
     (stopped / "checkpoints" / "step0000006.pt").unlink()
     shutil.rmtree(stopped / "mesh")
+    step3 = stopped / "checkpoints" / "step0000003.pt"
+    torch.save({**torch.load(step3, weights_only=True), "training_s": 1000.0}, step3)  # a long first session
     assert launch.main(["--resume", str(stopped)]) == 0
     resumed, uninterrupted = final_field_state(stopped), final_field_state(run)
+    assert load_checkpoint(stopped / "checkpoints" / "step0000006.pt", torch.device("cpu"))["training_s"] > 1000
     assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
         assert torch.equal(resumed[name], uninterrupted[name]), name

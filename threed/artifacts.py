@@ -15,6 +15,7 @@ from threed.errors import RunDirError
 from threed.export import extract_mesh, save_mesh
 from threed.runs import RunPaths
 from threed.shapeworld import evaluate_mesh, is_canon_prompt
+from threed.trainer import Trainer
 from threed.video import save_turntable_video
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,9 @@ def write_meshes(field: RadianceField, config: Config, paths: RunPaths, formats:
 
 def train_and_export(config: Config, paths: RunPaths, teacher: DiffusionTeacher, resume: bool = False,
                      stop_requested: Callable[[], bool] = lambda: False,
-                     on_log: Callable[[dict], None] = lambda record: None) -> RadianceField:
-    """Trains (from the run's last checkpoint with ``resume``), then writes the video and the meshes.
-    ``stop_requested`` and ``on_log`` are passed to ``Trainer.fit``."""
-    from threed.trainer import Trainer
-
+                     on_log: Callable[[dict], None] = lambda record: None) -> Trainer:
+    """Trains (from the run's last checkpoint with ``resume``), then writes the video and the meshes;
+    returns the finished trainer. ``stop_requested`` and ``on_log`` are passed to ``Trainer.fit``."""
     trainer = Trainer(config, paths, teacher)
     if resume:
         trainer.resume()
@@ -62,4 +61,4 @@ def train_and_export(config: Config, paths: RunPaths, teacher: DiffusionTeacher,
     field = trainer.field.eval()
     write_video(field, config, paths)
     write_meshes(field, config, paths, config.export.formats)
-    return field
+    return trainer

@@ -112,16 +112,17 @@ class Cell:
 
 
 def run_cell(cell: Cell, device: torch.device) -> None:
-    """Trains one cell (resuming a partial one) and records its wall time."""
+    """Trains one cell (resuming a partial one) and records its wall time: this call's, plus the
+    training time of the interrupted calls before it up to the checkpoint it resumed from."""
     resume = cell.paths.config.is_file()
     cell.paths.root.mkdir(parents=True, exist_ok=True)
     save_config(cell.config, cell.paths.config)
     started = time.perf_counter()
     teacher = DiffusionTeacher.from_pretrained(cell.config.teacher, device)  # per cell: LoRA may share its U-Net
-    train_and_export(cell.config, cell.paths, teacher, resume=resume)
+    trainer = train_and_export(cell.config, cell.paths, teacher, resume=resume)
     partial = cell.record.with_suffix(".partial")
     partial.write_text(json.dumps({"method": cell.method.label, "seed": cell.seed,
-                                   "wall_time_s": time.perf_counter() - started}))
+                                   "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s}))
     partial.replace(cell.record)
 
 

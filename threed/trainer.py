@@ -77,13 +77,17 @@ class Trainer:
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.metrics = MetricsLog(paths.metrics)
         self.step = 0
+        # Wall seconds of training in the run's earlier, interrupted sessions (up to the resumed
+        # checkpoint); this session's are counted from the start of ``fit``.
+        self.earlier_sessions_s = 0.0
+        self.session_started = time.perf_counter()
 
     def state_dict(self) -> dict:
         return {"step": self.step, "field": self.field.state_dict(), "background": self.background.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "guidance": self.guidance.trainable_state_dict(),
                 "guidance_optimizer": self.guidance_optimizer.state_dict() if self.guidance_optimizer else None,
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "training_s": self.training_seconds()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
@@ -94,6 +98,11 @@ class Trainer:
         if self.guidance_optimizer:
             self.guidance_optimizer.load_state_dict(state["guidance_optimizer"])
         self.generator.set_state(state["generator"].cpu())
+        self.earlier_sessions_s = state.get("training_s", 0.0)  # absent in checkpoints before 2026-11-23
+
+    def training_seconds(self) -> float:
+        """Wall seconds spent training up to ``self.step``, over every session of the run."""
+        return self.earlier_sessions_s + time.perf_counter() - self.session_started
 
     def resume(self) -> None:
         """Continues from the run's latest checkpoint, if it has one."""
@@ -145,7 +154,7 @@ class Trainer:
         """
         spec = self.config.trainer
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        started, first_step = time.perf_counter(), self.step
+        self.session_started, first_step = time.perf_counter(), self.step
         with tqdm(total=spec.max_steps, initial=self.step, desc="train", dynamic_ncols=True) as progress:
             while self.step < spec.max_steps and not stop_requested():
                 losses = self.training_step()
@@ -153,7 +162,7 @@ class Trainer:
                 progress.update(1)
                 if self.step % spec.log_every == 0 or self.step == spec.max_steps:
                     self._check_finite(nonfinite)
-                    record = self._log(losses, (self.step - first_step) / (time.perf_counter() - started))
+                    record = self._log(losses, (self.step - first_step) / (time.perf_counter() - self.session_started))
                     progress.set_postfix(loss=f"{record['loss']:.4g}")
                     on_log(record)
                 if self.step % spec.val_every == 0:
