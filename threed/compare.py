@@ -21,7 +21,6 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 import trimesh
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from scipy.spatial import cKDTree
 
@@ -29,7 +28,7 @@ from guidance.distillation import ESTIMATORS
 from guidance.divergences import DIVERGENCES
 from guidance.teacher import DiffusionTeacher
 from threed.artifacts import train_and_export
-from threed.config import Config, load_config, save_config
+from threed.config import Config, flat_config, load_config, save_config
 from threed.errors import ConfigError
 from threed.mesh_metrics import chamfer, surface_samples
 from threed.runs import RunPaths, prompt_slug
@@ -149,18 +148,6 @@ def refuse_stale_cell(cell: Cell) -> None:
     if changed:
         raise ConfigError(f"{cell.paths.root} was run with another config ({'; '.join(changed[:5])}). Delete that "
                           f"folder to run the cell again with this config, or compare under a new outputs= folder")
-
-
-def flat_config(config: Config) -> dict:
-    """{"trainer.max_steps": 300, ...}: every leaf of the config by its dotted key."""
-    def leaves(node, prefix: str):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                yield from leaves(value, f"{prefix}{key}.")
-        else:
-            yield prefix[:-1], node
-
-    return dict(leaves(OmegaConf.to_container(OmegaConf.structured(config)), ""))
 
 
 def run_missing_cells(cells: list[Cell]) -> None:

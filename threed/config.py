@@ -171,3 +171,15 @@ def check_metadata(spec: Any, prefix: str) -> None:
 
 def save_config(config: Config, path: Path) -> None:
     OmegaConf.save(OmegaConf.structured(config), path)
+
+
+def flat_config(config: Config) -> dict:
+    """{"trainer.max_steps": 300, ...}: every leaf of the config by its dotted key."""
+    def leaves(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], node
+
+    return dict(leaves(OmegaConf.to_container(OmegaConf.structured(config)), ""))
