@@ -72,3 +72,22 @@ def test_conditioning_command_reports_the_loss_per_caption(tmp_path, capsys):
     assert report["n_images"] == 36 and len(report["loss_by_timestep"]) == 5
     losses = report["loss_by_timestep"]["900"]
     assert set(losses) == {"true", "wrong_shape", "wrong_colour", "empty"} and all(v > 0 for v in losses.values())
+
+
+def test_the_colour_error_of_images_is_the_evaluators_and_ignores_shading_and_background():
+    red = torch.ones(2, 3, 8, 8)
+    red[:, :, 2:6, 2:6] = torch.tensor([0.85, 0.15, 0.15])[:, None, None] * torch.linspace(0.35, 1.0, 4)  # shaded
+    assert teacher_quality.foreground_chromaticity_error(red, (0.85, 0.15, 0.15)) < 1e-6
+    assert teacher_quality.foreground_chromaticity_error(red, (0.2, 0.35, 0.85)) > 0.3
+    with pytest.raises(ValueError, match="all white"):
+        teacher_quality.foreground_chromaticity_error(torch.ones(1, 3, 8, 8), (0.85, 0.15, 0.15))
+
+
+def test_colour_command_reports_renders_and_each_guidance_scale(capsys):
+    teacher_quality.main(["colour", "assets/shapeworld-teacher", "--prompt", "a red vase", "--guidance-scales", "1,2",
+                          "--n-images", "2", "--steps", "2"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["renders_colour_error"] < 0.05  # the data generator's own renders: the albedo, up to edge pixels
+    assert set(report["teacher_colour_error_by_guidance_scale"]) == {"1.0", "2.0"}
+    with pytest.raises(SystemExit):
+        teacher_quality.main(["colour", "assets/shapeworld-teacher", "--prompt", "a hamburger"])

@@ -6,6 +6,7 @@ The bar of shapeworld.md is 90% for shape and for colour.
     python -m threed.teacher_quality train-classifier assets/shapeworld-classifier.pt
     python -m threed.teacher_quality evaluate assets/shapeworld-teacher [--per-prompt 4] [--grid samples.png]
     python -m threed.teacher_quality conditioning assets/shapeworld-teacher   # does it read each word?
+    python -m threed.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour bias by guidance
 
 The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
 Gaussian pixel noise, so that a recognisable but grainy sample is judged by its shape, not its grain.
@@ -18,6 +19,7 @@ import logging
 from pathlib import Path
 
 import imageio.v3 as imageio
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -27,7 +29,8 @@ from tqdm import tqdm
 from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.prompts import VIEWS
 from threed.checkpoint import save_atomic
-from threed.shapeworld import COLOURS, SHAPES, caption, generate_dataset
+from threed.mesh_metrics import chromaticity
+from threed.shapeworld import ALBEDOS, COLOURS, SHAPES, caption, generate_dataset, parse_prompt, render_shape, sample_dataset_cameras
 
 log = logging.getLogger(__name__)
 QUALITY_BAR = 0.9
@@ -207,6 +210,40 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
     return {"n_images": len(images), "loss_by_timestep": report}
 
 
+def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, float, float],
+                                  white_margin: float = 0.1) -> float:
+    """images [N, 3, H, W] in [0, 1] on white -> the distance between the chromaticity of the mean
+    colour of their object pixels (a channel below 1 - ``white_margin``) and the albedo's: the
+    evaluator's colour error, measured on images."""
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
+    foreground = pixels[pixels.min(dim=1).values < 1.0 - white_margin]
+    if len(foreground) == 0:
+        raise ValueError("the images are all white: no object pixels to measure")
+    mean = foreground.mean(dim=0).double().numpy()
+    return float(np.linalg.norm(chromaticity(mean) - chromaticity(np.asarray(albedo))))
+
+
+@torch.no_grad()
+def colour_bias_report(pipeline: PixelDiffusionPipeline, prompt: str, guidance_scales: list[float], n_images: int,
+                       steps: int, seed: int) -> dict:
+    """The colour error of the teacher's samples of ``prompt`` at each guidance scale, next to that of
+    the data generator's renders (what the teacher learned from): how far classifier-free guidance
+    pushes the colours a distillation at that scale inherits."""
+    shape, colour = parse_prompt(prompt)
+    cameras = sample_dataset_cameras(n_images, torch.Generator().manual_seed(seed))
+    renders = render_shape(shape, colour, cameras).permute(0, 3, 1, 2)
+    captions = [caption(shape, colour, VIEWS[k % len(VIEWS)]) for k in range(n_images)]
+    pipeline.set_progress_bar_config(disable=True)
+    teacher = {}
+    for scale in guidance_scales:
+        images = pipeline(captions, num_inference_steps=steps, guidance_scale=scale,
+                          generator=torch.Generator(pipeline.device).manual_seed(seed), output_type="pt").images.cpu()
+        teacher[str(scale)] = foreground_chromaticity_error(images, ALBEDOS[colour])
+    return {"prompt": prompt, "n_images": n_images, "steps": steps, "seed": seed,
+            "renders_colour_error": foreground_chromaticity_error(renders, ALBEDOS[colour]),
+            "teacher_colour_error_by_guidance_scale": teacher}
+
+
 def _train_classifier_command(arguments: argparse.Namespace) -> None:
     classifier = train_classifier(arguments.per_prompt, arguments.epochs, arguments.seed)
     held_out = dataset_tensors(arguments.held_out_per_prompt, arguments.seed + 1000)
@@ -224,6 +261,18 @@ def _evaluate_command(arguments: argparse.Namespace) -> None:
 def _conditioning_command(arguments: argparse.Namespace) -> None:
     pipeline = PixelDiffusionPipeline.from_pretrained(arguments.teacher)
     print(json.dumps(conditioning_report(pipeline, arguments.per_prompt, arguments.seed)))
+
+
+def _colour_command(arguments: argparse.Namespace) -> None:
+    try:
+        parse_prompt(arguments.prompt)  # before loading the teacher, so a typo fails at once
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    pipeline = PixelDiffusionPipeline.from_pretrained(arguments.teacher)
+    pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
+    scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
+    print(json.dumps(colour_bias_report(pipeline, arguments.prompt, scales, arguments.n_images, arguments.steps,
+                                        arguments.seed)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,6 +300,14 @@ def main(argv: list[str] | None = None) -> None:
     conditioning.add_argument("--per-prompt", type=int, default=2, help="fresh renders per prompt")
     conditioning.add_argument("--seed", type=int, default=2)
     conditioning.set_defaults(run=_conditioning_command)
+    colour = commands.add_parser("colour", help="the colour error of the teacher's samples by guidance scale (JSON)")
+    colour.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
+    colour.add_argument("--prompt", required=True, help='a ShapeWorld prompt, e.g. "a red vase"')
+    colour.add_argument("--guidance-scales", default="1,1.5,2,3", help="comma-separated")
+    colour.add_argument("--n-images", type=int, default=16, help="samples per scale (and renders), views cycling")
+    colour.add_argument("--steps", type=int, default=30, help="sampler steps")
+    colour.add_argument("--seed", type=int, default=0)
+    colour.set_defaults(run=_colour_command)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
