@@ -211,7 +211,7 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
 
 
 def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, float, float],
-                                  white_margin: float = 0.1) -> float:
+                                  white_margin: float = 0.3) -> float:
     """images [N, 3, H, W] in [0, 1] on white -> the distance between the chromaticity of the mean
     colour of their object pixels (a channel below 1 - ``white_margin``) and the albedo's: the
     evaluator's colour error, measured on images."""
