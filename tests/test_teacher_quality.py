@@ -89,5 +89,7 @@ def test_colour_command_reports_renders_and_each_guidance_scale(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["renders_colour_error"] < 0.05  # the data generator's own renders: the albedo, up to edge pixels
     assert set(report["teacher_colour_error_by_guidance_scale"]) == {"1.0", "2.0"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="not a ShapeWorld prompt"):
         teacher_quality.main(["colour", "assets/shapeworld-teacher", "--prompt", "a hamburger"])
+    with pytest.raises(SystemExit, match="--guidance-scales e.g. 1,2"):
+        teacher_quality.main(["colour", "assets/shapeworld-teacher", "--prompt", "a red vase", "--guidance-scales", "1;2"])

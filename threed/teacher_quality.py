@@ -264,13 +264,13 @@ def _conditioning_command(arguments: argparse.Namespace) -> None:
 
 
 def _colour_command(arguments: argparse.Namespace) -> None:
-    try:
-        parse_prompt(arguments.prompt)  # before loading the teacher, so a typo fails at once
+    try:  # before loading the teacher, so a typo fails at once
+        parse_prompt(arguments.prompt)
+        scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: {error} (--prompt is 'a COLOUR SHAPE', --guidance-scales e.g. 1,2)") from None
     pipeline = PixelDiffusionPipeline.from_pretrained(arguments.teacher)
     pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
-    scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
     print(json.dumps(colour_bias_report(pipeline, arguments.prompt, scales, arguments.n_images, arguments.steps,
                                         arguments.seed)))
 
