@@ -227,21 +227,21 @@ def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, flo
 def colour_bias_report(pipeline: PixelDiffusionPipeline, prompt: str, guidance_scales: list[float], n_images: int,
                        steps: int, seed: int) -> dict:
     """The colour error of the teacher's samples of ``prompt`` at each guidance scale, next to that of
-    the data generator's renders (what the teacher learned from): how far classifier-free guidance
-    pushes the colours a distillation at that scale inherits."""
+    the data generator's renders (what the teacher learned from): the colour error below which a
+    distillation at that scale cannot be expected to go."""
     shape, colour = parse_prompt(prompt)
     cameras = sample_dataset_cameras(n_images, torch.Generator().manual_seed(seed))
     renders = render_shape(shape, colour, cameras).permute(0, 3, 1, 2)
     captions = [caption(shape, colour, VIEWS[k % len(VIEWS)]) for k in range(n_images)]
     pipeline.set_progress_bar_config(disable=True)
-    teacher = {}
+    errors = {}
     for scale in guidance_scales:
         images = pipeline(captions, num_inference_steps=steps, guidance_scale=scale,
                           generator=torch.Generator(pipeline.device).manual_seed(seed), output_type="pt").images.cpu()
-        teacher[str(scale)] = foreground_chromaticity_error(images, ALBEDOS[colour])
+        errors[str(scale)] = foreground_chromaticity_error(images, ALBEDOS[colour])
     return {"prompt": prompt, "n_images": n_images, "steps": steps, "seed": seed,
             "renders_colour_error": foreground_chromaticity_error(renders, ALBEDOS[colour]),
-            "teacher_colour_error_by_guidance_scale": teacher}
+            "teacher_colour_error_by_guidance_scale": errors}
 
 
 def _train_classifier_command(arguments: argparse.Namespace) -> None:
