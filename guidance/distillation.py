@@ -106,6 +106,7 @@ class GuidanceOutput:
     generator_losses: dict[str, torch.Tensor]  # named and weighted; their sum trains the 3D parameters
     auxiliary_losses: dict[str, torch.Tensor]  # their sum trains the guidance's own parameters
     timesteps: torch.Tensor  # [B] the sampled teacher timesteps
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # logged, not trained on
 
 
 class ScoreDistillation(nn.Module):
@@ -199,8 +200,9 @@ class ScoreDistillation(nn.Module):
         adversarial_weight = self.spec.adversarial_weight.at(step)
         if adversarial_weight > 0:
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(logit(sample.x_t))
-        auxiliary = self._auxiliary_losses(x0.detach(), views, cond, camera, generator) if self.fake_score else {}
-        return GuidanceOutput(generator_losses, auxiliary, t)
+        auxiliary, diagnostics = self._auxiliary_losses(x0.detach(), views, cond, camera, generator) \
+            if self.fake_score else ({}, {})
+        return GuidanceOutput(generator_losses, auxiliary, t, diagnostics)
 
     def _time_weight(self, estimator: str, sample: NoisedSample, teacher_score) -> torch.Tensor:
         """[B] weights that put each estimator on its classic x0-gradient scale (module docstring)."""
@@ -219,9 +221,14 @@ class ScoreDistillation(nn.Module):
         return weight
 
     def _auxiliary_losses(self, x0: torch.Tensor, views: ViewBatch, cond: torch.Tensor, camera: torch.Tensor,
-                          generator: torch.Generator) -> dict[str, torch.Tensor]:
+                          generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Denoising loss of the fake score on the detached renders and, with a discriminator, its GAN
-        loss against teacher samples of the same views. Both share one fake-U-Net call on the renders."""
+        loss against teacher samples of the same views. Both share one fake-U-Net call on the renders.
+
+        Also returns, with a discriminator, the diagnostic ``density_ratio``: the batch mean of the
+        estimated r = q_t / p_t on the renders (clamped as ``guidance.ratio`` says), at this loss's
+        uniformly drawn t. Near 1 the discriminator cannot tell renders from teacher samples; at the
+        lower clamp it tells them apart easily, and an f-divergence weight h(r) sits at its floor."""
         batch = x0.shape[0]
         t = torch.randint(0, self.teacher.num_train_timesteps, (batch,), generator=generator, device=generator.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
@@ -229,14 +236,15 @@ class ScoreDistillation(nn.Module):
         keep = torch.rand(batch, 1, generator=generator, device=x0.device) >= self.spec.fake_score.condition_drop
         camera = camera * keep
         on_renders = self.fake_score.predict(alpha * x0 + sigma * eps, t, cond, camera)
-        losses = {"fake_score": ((on_renders.eps - eps) ** 2).mean()}
+        losses, diagnostics = {"fake_score": ((on_renders.eps - eps) ** 2).mean()}, {}
         if self.discriminator is not None:
             real_x0 = self._real_samples(views, generator)
             real_eps = torch.randn(real_x0.shape, generator=generator, device=x0.device)
             on_real = self.fake_score.predict(alpha * real_x0 + sigma * real_eps, t, cond, camera)
-            losses["discriminator"] = discriminator_loss(self.discriminator(on_real.bottleneck),
-                                                         self.discriminator(on_renders.bottleneck))
-        return losses
+            render_logit = self.discriminator(on_renders.bottleneck)
+            losses["discriminator"] = discriminator_loss(self.discriminator(on_real.bottleneck), render_logit)
+            diagnostics["density_ratio"] = estimators.density_ratio(render_logit.detach(), self.spec.ratio).mean()
+        return losses, diagnostics
 
     def _real_samples(self, views: ViewBatch, generator: torch.Generator) -> torch.Tensor:
         """One bank sample per view, of the same view-dependent prompt: [B, C, h, w]."""

@@ -30,9 +30,14 @@ def test_each_estimator_trains_field_and_guidance_but_not_the_teacher(fast_overr
     trainer = make_trainer(config)
     field_before, guidance_before, teacher_before = field_and_guidance_snapshot(trainer)
     for _ in range(2):  # LoRA's A matrices move from the second step on (its B matrices start at zero)
-        losses = trainer.training_step()
-        assert set(losses) == expected_losses
-        assert all(torch.isfinite(value) for value in losses.values()), losses
+        result = trainer.training_step()
+        assert set(result.losses) == expected_losses
+        assert all(torch.isfinite(value) for value in result.losses.values()), result.losses
+        if "discriminator" in expected_losses:  # the estimated q/p on the renders, within its clamps
+            assert set(result.diagnostics) == {"density_ratio"}
+            assert 0.1 <= result.diagnostics["density_ratio"].item() <= 20.0
+        else:
+            assert result.diagnostics == {}
     field_after, guidance_after, teacher_after = field_and_guidance_snapshot(trainer)
     assert all(not torch.equal(field_before[n], field_after[n]) for n in ("encoding.table", "density_net.2.weight"))
     assert len(guidance_before) == (0 if estimator == "sds" else len(guidance_after))
@@ -46,7 +51,7 @@ def test_adversarial_term_and_gradient_checkpointing(fast_overrides):
                                                    "guidance.adversarial_weight.start=0.5",
                                                    f"guidance.gradient_checkpointing={checkpointing}"])
         trainer = make_trainer(config)
-        losses = trainer.training_step()
+        losses = trainer.training_step().losses
         return losses, trainer.field.encoding.table.detach().clone()
 
     losses, table = first_step_gradients(False)
@@ -123,7 +128,7 @@ def test_uni_instruct_trains_on_a_pixel_space_teacher(fast_overrides, tmp_path):
                                                "guidance.estimator=uni-instruct", "guidance.divergence=jkl"])
     trainer = make_trainer(config)
     assert trainer.guidance.sample_bank.shape == (4, 2, 3, 32, 32)  # views x samples x RGB pixels
-    losses = trainer.training_step()
+    losses = trainer.training_step().losses
     assert all(torch.isfinite(value) for value in losses.values())
 
 

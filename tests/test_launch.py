@@ -45,6 +45,7 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in metrics] == [2, 4, 6]
     assert all(np.isfinite(record["loss"]) and record["it_per_s"] > 0 for record in metrics)
+    assert all(0.1 <= record["diagnostics"]["density_ratio"] <= 20.0 for record in metrics)  # uni-instruct's r
     assert sorted(p.name for p in (run / "validation").iterdir()) == ["step0000003.png", "step0000006.png"]
     assert (run / "turntable.mp4").stat().st_size > 0
     for file_format in ("obj", "glb", "ply"):

@@ -78,7 +78,7 @@ def test_vsd_steps_train_field_and_lora_but_not_the_teacher(fast_overrides, shar
     teacher_before = trainer.guidance.teacher.predict_eps(x_t, t, text)
     field_before, lora_before, teacher_weights = field_and_guidance_snapshot(trainer)
     for _ in range(2):  # LoRA's A matrices and the camera embedding's first layer move from the second step on
-        losses = trainer.training_step()
+        losses = trainer.training_step().losses
         assert set(losses) == {"vsd", "fake_score"} and all(torch.isfinite(v) for v in losses.values())
     field_after, lora_after, teacher_weights_after = field_and_guidance_snapshot(trainer)
     assert any(not torch.equal(field_before[n], field_after[n]) for n in field_before)

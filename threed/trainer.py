@@ -40,6 +40,14 @@ def make_optimizer(field: RadianceField, background: Background, spec: OptimSpec
     return torch.optim.Adam(groups, betas=tuple(spec.betas), eps=spec.eps)
 
 
+@dataclasses.dataclass
+class StepResult:
+    """What one training step reports, detached: the named losses and the guidance's diagnostics."""
+
+    losses: dict[str, torch.Tensor]
+    diagnostics: dict[str, torch.Tensor]
+
+
 class MetricsLog:
     """Appends one JSON object per logged step to ``metrics.jsonl``."""
 
@@ -114,8 +122,8 @@ class Trainer:
         self.metrics.drop_after(self.step)
         log.info("resumed from %s (step %d)", found, self.step)
 
-    def training_step(self) -> dict[str, torch.Tensor]:
-        """One step of the field and of the guidance's own parameters; returns the named losses (detached)."""
+    def training_step(self) -> StepResult:
+        """One step of the field and of the guidance's own parameters."""
         occupancy = self.field.occupancy
         if occupancy is not None and self.step % occupancy.spec.update_every == 0:
             occupancy.update(self.field.density, self.generator)
@@ -133,7 +141,8 @@ class Trainer:
         self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]])
         self._step(self.guidance_optimizer, out.auxiliary_losses, self.guidance.trainable_parameters())
         self.step += 1
-        return {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
+        losses = {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
+        return StepResult(losses, {name: value.detach() for name, value in out.diagnostics.items()})
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor]) -> None:
@@ -157,12 +166,12 @@ class Trainer:
         self.session_started, first_step = time.perf_counter(), self.step
         with tqdm(total=spec.max_steps, initial=self.step, desc="train", dynamic_ncols=True) as progress:
             while self.step < spec.max_steps and not stop_requested():
-                losses = self.training_step()
-                nonfinite |= ~torch.isfinite(sum(losses.values()))
+                result = self.training_step()
+                nonfinite |= ~torch.isfinite(sum(result.losses.values()))
                 progress.update(1)
                 if self.step % spec.log_every == 0 or self.step == spec.max_steps:
                     self._check_finite(nonfinite)
-                    record = self._log(losses, (self.step - first_step) / (time.perf_counter() - self.session_started))
+                    record = self._log(result, (self.step - first_step) / (time.perf_counter() - self.session_started))
                     progress.set_postfix(loss=f"{record['loss']:.4g}")
                     on_log(record)
                 if self.step % spec.val_every == 0:
@@ -181,9 +190,11 @@ class Trainer:
                 + (f", then resume from {last} with --resume {self.paths.root}" if last else "")
             )
 
-    def _log(self, losses: dict[str, torch.Tensor], steps_per_second: float) -> dict:
-        values = {name: loss.item() for name, loss in losses.items()}
+    def _log(self, result: StepResult, steps_per_second: float) -> dict:
+        values = {name: loss.item() for name, loss in result.losses.items()}
         record = {"step": self.step, "loss": sum(values.values()), "losses": values, "it_per_s": steps_per_second}
+        if result.diagnostics:
+            record["diagnostics"] = {name: value.item() for name, value in result.diagnostics.items()}
         self.metrics.append(record)
         return record
 
