@@ -228,4 +228,6 @@ def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Pa
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell_text(row[c]) for c in columns) + " |" for row in rows]
-    (root / "table.md").write_text(f"Prompt: {prompt}\n\n" + "\n".join(lines) + "\n")
+    caption = (f"Prompt: {prompt}. Wall time and the evaluator's numbers are means over the seeds; diversity is "
+               "the mean pairwise Chamfer distance between the seeds' meshes.")
+    (root / "table.md").write_text(caption + "\n\n" + "\n".join(lines) + "\n")
