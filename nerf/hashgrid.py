@@ -124,7 +124,7 @@ class HashGridEncoding(nn.Module):
         rows = self._table_rows(grid_coords) + self.level_offsets[:, None]  # [N, L, 8]
         weights = combine_over_corners(axis_weights, torch.mul)  # [N, L, 8]
         # index_select, not table[rows]: on the CPU its forward and backward (index_add_) are 2-3x faster.
-        corner_features = self.table.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [N, L, 8, F]
+        corner_features = self.table.index_select(0, rows.reshape(-1)).view(*rows.shape, self.table.shape[1])  # [N, L, 8, F]
         features = (weights[..., None].to(self.table.dtype) * corner_features).sum(dim=2)  # [N, L, F]
         return features.flatten(1).to(points.dtype)
 

@@ -174,6 +174,21 @@ def test_empty_space_skipping_matches_dense_rendering_with_fewer_queries():
     assert dense.opacity.max() > 0.99 and field.queries < dense_queries / 5
 
 
+def test_views_that_meet_no_occupied_cell_render_empty_and_still_backpropagate():
+    """Empty-space skipping can leave no sample at all; the hash grid must take zero points."""
+    from nerf.occupancy import OccupancyGrid, OccupancySpec
+
+    field = RadianceField(FieldSpec(grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)))
+    assert field.encoding(torch.zeros(0, 3)).shape == (0, field.encoding.n_output_dims)
+    grid = OccupancyGrid(OccupancySpec(resolution=16), radius=1.0)
+    grid.update(lambda points: torch.zeros(len(points)), torch.Generator().manual_seed(0))  # nothing occupied
+    cameras = make_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([2.0]), torch.tensor([50.0]), 8, 8)
+    out = render_rays(field, cameras.rays(), RenderSpec(samples_per_ray=32), occupancy=grid)
+    assert out.opacity.abs().max() == 0
+    out.rgb.sum().backward()  # no error, and nothing to move
+    assert field.encoding.table.grad is None or field.encoding.table.grad.abs().max() == 0
+
+
 def test_occupancy_grid_marks_the_sphere_and_forgets_with_decay():
     from nerf.occupancy import OccupancyGrid, OccupancySpec
 
