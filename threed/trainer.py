@@ -42,7 +42,8 @@ def make_optimizer(field: RadianceField, background: Background, spec: OptimSpec
 
 @dataclasses.dataclass
 class StepResult:
-    """What one training step reports, detached: the named losses and the guidance's diagnostics."""
+    """What one training step reports, without autograd graphs: the named losses and the guidance's
+    diagnostics (computed from detached values by the guidance)."""
 
     losses: dict[str, torch.Tensor]
     diagnostics: dict[str, torch.Tensor]
@@ -142,7 +143,7 @@ class Trainer:
         self._step(self.guidance_optimizer, out.auxiliary_losses, self.guidance.trainable_parameters())
         self.step += 1
         losses = {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
-        return StepResult(losses, {name: value.detach() for name, value in out.diagnostics.items()})
+        return StepResult(losses, out.diagnostics)
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor]) -> None:
