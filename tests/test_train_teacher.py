@@ -1,5 +1,6 @@
 """The ShapeWorld teacher's training script, at toy size: it trains, saves a pipeline the project
 loads like Stable Diffusion, samples 64 x 64 images, and resumes."""
+import pytest
 import torch
 
 from guidance.pixel_pipeline import PixelDiffusionPipeline
@@ -71,3 +72,35 @@ def test_shape_and_colour_words_start_as_distinct_text_features():
     shape_position, colour_position = 3, 2
     assert (cube - cone)[shape_position].norm() > 0.5 * scale
     assert (cube - blue_cube)[colour_position].norm() > 0.5 * scale
+
+
+def test_a_saved_teacher_trains_on_from_its_weights(tmp_path):
+    """--init starts a new run (fresh optimiser and schedule) from a saved pipeline's EMA weights."""
+    first = tmp_path / "first"
+    toy = ["--architecture", "test", "--per-prompt", "1", "--batch", "4", "--checkpoint-every", "2"]
+    train_teacher.main([str(first), *toy, "--steps", "2"])
+    saved = PixelDiffusionPipeline.from_pretrained(first / "pipeline").unet.state_dict()
+
+    trainer = train_teacher.TeacherTrainer(tmp_path / "second", train_teacher.ARCHITECTURES["test"], steps=2, batch=4,
+                                           lr=1e-3, seed=1, bf16=False)
+    trainer.initialise_from(first / "pipeline")
+    assert trainer.step == 0
+    for name, value in saved.items():
+        assert torch.equal(trainer.unet.state_dict()[name], value), name
+    images, captions = train_teacher.load_data(None, per_prompt=1, seed=0)
+    trainer.fit(images, captions, checkpoint_every=2)
+    assert not torch.equal(trainer.unet.state_dict()["conv_in.weight"], saved["conv_in.weight"])
+
+
+def test_init_refuses_a_teacher_of_another_architecture(tmp_path):
+    first = tmp_path / "first"
+    train_teacher.main([str(first), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--steps", "1"])
+    trainer = train_teacher.TeacherTrainer(tmp_path / "second", train_teacher.ARCHITECTURES["small"], steps=1, batch=4,
+                                           lr=1e-3, seed=0, bf16=False)
+    with pytest.raises(ValueError, match="is not the --architecture given"):
+        trainer.initialise_from(first / "pipeline")
+
+
+def test_init_and_resume_are_exclusive(tmp_path):
+    with pytest.raises(SystemExit):
+        train_teacher.main([str(tmp_path), "--init", str(tmp_path), "--resume"])

@@ -1,18 +1,25 @@
 """Benchmarks, printed as one JSON object.
 
     python -m threed.bench render [--samples-per-ray 64] [--repeats 2]
+    python -m threed.bench teacher [--repeats 3]
 
 ``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
 with dense sampling and with empty-space skipping at the same sample spacing, on a field with
 ProlificDreamer's hash grid whose occupied volume is a sphere of radius 0.35 in the box
 [-1, 1]^3; and the hash grid's forward-plus-backward throughput in points per second.
+
+``teacher``: milliseconds for one training step of the ShapeWorld teacher (the ``small``
+architecture, a batch of 32: loss, backward, AdamW, EMA) and for one classifier-free-guided U-Net
+call for 8 images (a batch of 16, conditional and unconditional), each in float32 and under bfloat16 autocast (fast only on CPUs with AMX).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,6 +28,7 @@ from nerf.hashgrid import HashGridEncoding, HashGridSpec
 from nerf.occupancy import OccupancyGrid
 from nerf.renderer import RenderSpec, render_rays
 from threed.cameras import make_cameras
+from threed.train_teacher import ARCHITECTURES, MAX_TOKENS, TeacherTrainer
 
 SPHERE_RADIUS = 0.35
 
@@ -83,14 +91,44 @@ def bench_render(samples_per_ray: int, repeats: int) -> dict:
     return result
 
 
+def bench_teacher(repeats: int) -> dict:
+    device = torch.device("cpu")  # the teacher's training script runs on the CPU
+    result = {"device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"}
+    images = torch.rand(32, 3, 64, 64) * 2 - 1
+    captions = ["a red vase, front view"] * len(images)
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        trainer = TeacherTrainer(Path(tempfile.gettempdir()), ARCHITECTURES["small"], steps=1000,  # never saved
+                                 batch=len(images), lr=1e-4, seed=0, bf16=bf16)
+
+        def train_step():
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.loss(images, captions).backward()
+            trainer.optimizer.step()
+            trainer.ema.step([*trainer.unet.parameters(), *trainer.text_encoder.parameters()])
+
+        def guided_call():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                trainer.unet(torch.randn(16, 3, 64, 64), torch.full((16,), 500), encoder_hidden_states=text)
+
+        with torch.no_grad():
+            text = trainer.text_encoder(trainer.tokenizer(captions[:16], padding="max_length", max_length=MAX_TOKENS,
+                                                          return_tensors="pt").input_ids)[0]
+        result[name] = {"train_step_ms": round(timed_ms(train_step, repeats, device), 1),
+                        "guided_call_ms": round(timed_ms(guided_call, repeats, device), 1)}
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser("render", help="volume rendering and hash-grid speed")
     render.add_argument("--samples-per-ray", type=int, default=64)
     render.add_argument("--repeats", type=int, default=2)
+    teacher = commands.add_parser("teacher", help="ShapeWorld teacher training and sampling speed, fp32 and bf16")
+    teacher.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    print(json.dumps(bench_render(args.samples_per_ray, args.repeats)))
+    run = {"render": lambda: bench_render(args.samples_per_ray, args.repeats), "teacher": lambda: bench_teacher(args.repeats)}
+    print(json.dumps(run[args.command]()))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ standard diffusers pipeline folder (``PixelDiffusionPipeline``), which ``teacher
 loads like Stable Diffusion.
 
     python -m threed.train_teacher assets/shapeworld-teacher --steps 20000 [--data data.npz] [--resume]
+    python -m threed.train_teacher runs/longer --init assets/shapeworld-teacher --steps 6000 --lr 3e-4  # train on
 
 Recipe (after the calibration notes in shapeworld.md): v-prediction on a cosine noise schedule,
 AdamW with a warmed-up cosine learning rate, an EMA of the weights (what is saved), 10% caption
@@ -103,6 +104,21 @@ class TeacherTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
 
+    def initialise_from(self, pipeline_folder: Path) -> None:
+        """Starts from a saved teacher's weights (its EMA), with this run's fresh optimiser, learning-rate
+        schedule and EMA: training a shipped teacher further. The architecture must be the same."""
+        pipeline = PixelDiffusionPipeline.from_pretrained(pipeline_folder)
+        if pipeline.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(f"{pipeline_folder} has another vocabulary than this script's tokenizer; train it from scratch")
+        for name, model in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            try:
+                model.load_state_dict(getattr(pipeline, name).state_dict())
+            except RuntimeError as error:
+                raise ValueError(f"{pipeline_folder}'s {name} is not the --architecture given ({error})") from None
+        parameters = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        self.ema = EMAModel(parameters, decay=self.ema.decay, use_ema_warmup=True)
+        log.info("initialised from %s", pipeline_folder)
+
     @property
     def checkpoint(self) -> Path:
         return self.out / "checkpoint.pt"
@@ -179,13 +195,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--init", type=Path, help="start from this saved teacher pipeline's weights (fresh optimiser)")
     args = parser.parse_args(argv)
+    if args.init and args.resume:
+        parser.error("--init starts a new run from a saved teacher, --resume continues OUT's run: give one")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = TeacherTrainer(args.out, ARCHITECTURES[args.architecture], args.steps, args.batch, args.lr, args.seed,
                              args.bf16, args.warmup)
     if args.resume:
         trainer.resume()
+    elif args.init:
+        trainer.initialise_from(args.init)
     images, captions = load_data(args.data, args.per_prompt, args.seed)
     trainer.fit(images, captions, args.checkpoint_every)
     trainer.save()  # also re-exports the pipeline of a finished run resumed with the same --steps
