@@ -97,6 +97,7 @@ def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overr
     assert len(medians) == 2 and "**vsd**" in medians[1]
     iou = float(runs[0].split(" | ")[3])
     assert 0.0 <= iou <= 1.0
+    assert all(line.split(" | ")[-1] == f"{torch.get_num_threads()} |" for line in runs)  # the cells' own threads
 
     caplog.clear()
     with caplog.at_level("INFO"):

@@ -106,13 +106,19 @@ class Cell:
         return json.loads(self.record.read_text())["wall_time_s"]
 
     @property
+    def threads(self) -> int | None:
+        """The CPU threads the cell trained with (None in records from before 2026-12-02)."""
+        return json.loads(self.record.read_text()).get("threads")
+
+    @property
     def mesh(self) -> Path:
         return self.paths.mesh(self.config.export.formats[0])
 
 
 def run_cell(cell: Cell, device: torch.device) -> None:
     """Trains one cell (resuming a partial one) and records its wall time: this call's, plus the
-    training time of the interrupted calls before it up to the checkpoint it resumed from."""
+    training time of the interrupted calls before it up to the checkpoint it resumed from, and the
+    CPU threads it ran with (wall times of 1- and 2-thread runs are not comparable)."""
     resume = cell.paths.config.is_file()
     cell.paths.root.mkdir(parents=True, exist_ok=True)
     save_config(cell.config, cell.paths.config)
@@ -121,7 +127,8 @@ def run_cell(cell: Cell, device: torch.device) -> None:
     trainer = train_and_export(cell.config, cell.paths, teacher, resume=resume)
     partial = cell.record.with_suffix(".partial")
     partial.write_text(json.dumps({"method": cell.method.label, "seed": cell.seed,
-                                   "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s}))
+                                   "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s,
+                                   "threads": torch.get_num_threads()}))
     partial.replace(cell.record)
 
 

@@ -29,7 +29,7 @@ METRICS = ("chamfer", "iou", "color_error", "wall_time_s")
 def score_cell(cell: Cell, prompt: str) -> dict:
     score = evaluate_mesh(trimesh.load(cell.mesh, force="mesh"), prompt)
     return {"prompt": prompt, "method": cell.method.label, **{key: score[key] for key in METRICS[:3]},
-            "wall_time_s": cell.wall_time_s}
+            "wall_time_s": cell.wall_time_s, "threads": cell.threads}
 
 
 def quality_rows(config: str, overrides: list[str], methods: list[Method], prompts: list[str], seed: int) -> list[dict]:
@@ -45,13 +45,14 @@ def quality_rows(config: str, overrides: list[str], methods: list[Method], promp
 def markdown(rows: list[dict], header: str) -> str:
     """Per-run rows, then each method's medians over the prompts."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    lines = [header, "", "| prompt | method | Chamfer | IoU | colour error | wall time (s) |", "|---|---|---|---|---|---|"]
+    lines = [header, "", "| prompt | method | Chamfer | IoU | colour error | wall time (s) | threads |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['prompt']} | {r['method']} | {r['chamfer']:.4f} | {r['iou']:.3f} | {r['color_error']:.4f} | "
-              f"{r['wall_time_s']:.0f} |" for r in rows]
+              f"{r['wall_time_s']:.0f} | {r['threads'] or 'not recorded'} |" for r in rows]
     for method in methods:
         medians = {key: float(np.median([r[key] for r in rows if r["method"] == method])) for key in METRICS}
         lines.append(f"| **median** | **{method}** | {medians['chamfer']:.4f} | {medians['iou']:.3f} | "
-                     f"{medians['color_error']:.4f} | {medians['wall_time_s']:.0f} |")
+                     f"{medians['color_error']:.4f} | {medians['wall_time_s']:.0f} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     header = (f"Config `{arguments.config}` {' '.join(arguments.overrides)}, seed {arguments.seed}; "
-              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads")
+              f"{platform.processor() or platform.machine()}, torch {torch.__version__}; each run's CPU threads "
+              f"in its row")
     arguments.out.write_text(markdown(rows, header))
     print(arguments.out.read_text())
 
