@@ -114,7 +114,7 @@ class ScoreDistillation(nn.Module):
     LoRA fake score, the discriminator head and the teacher sample bank."""
 
     def __init__(self, teacher: DiffusionTeacher, spec: GuidanceSpec, prompt: str, negative_prompt: str,
-                 guidance_scale: float, views: ViewPromptSpec):
+                 guidance_scale: Ramp, views: ViewPromptSpec):
         super().__init__()
         self.teacher, self.spec, self.guidance_scale, self.views = teacher, spec, guidance_scale, views
         self.prompts = PromptEmbeddings(teacher.embed_text, prompt, negative_prompt, views)
@@ -173,7 +173,8 @@ class ScoreDistillation(nn.Module):
         cond, uncond = self.prompts(views.elevation_deg, views.azimuth_deg)
         camera = views.c2w.flatten(1)
         fake = once_per_input(lambda x_t: self.fake_score.predict(x_t, t, cond, camera))
-        teacher_eps = once_per_input(lambda x_t: self.teacher.predict_eps_cfg(x_t, t, cond, uncond, self.guidance_scale))
+        scale = self.guidance_scale.at(step)
+        teacher_eps = once_per_input(lambda x_t: self.teacher.predict_eps_cfg(x_t, t, cond, uncond, scale))
 
         def teacher_score(x_t: torch.Tensor) -> torch.Tensor:
             return -teacher_eps(x_t) / sigma

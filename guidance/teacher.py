@@ -18,6 +18,8 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
+from guidance.schedules import Ramp
+
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -29,7 +31,9 @@ class TeacherNotFoundError(RuntimeError):
 @dataclass
 class TeacherSpec:
     pretrained: str = "stabilityai/stable-diffusion-2-1-base"
-    guidance_scale: float = field(default=100.0, metadata={"range": (0.0, None)})
+    # Classifier-free guidance of the teacher's score in distillation: a number, or a ramp over the
+    # training steps ({start, end, start_step, end_step}).
+    guidance_scale: Ramp = field(default_factory=lambda: Ramp(100.0), metadata={"range": (0.0, None)})
     negative_prompt: str = ""
     precision: str = field(default="fp16", metadata={"choices": tuple(PRECISIONS)})  # on CUDA; the CPU uses fp32
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from guidance.schedules import Ramp
 from threed.config import Config, load_config
 from threed.errors import ConfigError
 
@@ -22,6 +23,16 @@ def test_overrides_are_merged_and_typed():
     assert config.prompt == "a blue cube, side view"
 
 
+def test_a_ramp_is_a_number_or_a_mapping(tmp_path):
+    config = load_config("configs/tiny.yaml", ["teacher.guidance_scale=50", "regularizers.sparsity=0.2"])
+    assert config.teacher.guidance_scale == Ramp(50.0) and config.regularizers.sparsity == Ramp(0.2)
+    (tmp_path / "ramped.yaml").write_text(
+        "base: " + str(Path("configs/tiny.yaml").resolve()) + "\n"
+        "teacher:\n  guidance_scale: {start: 2.0, end: 1.0, start_step: 10, end_step: 20}\n")
+    ramp = load_config(tmp_path / "ramped.yaml").teacher.guidance_scale
+    assert [ramp.at(step) for step in (0, 15, 30)] == [2.0, 1.5, 1.0]
+
+
 @pytest.mark.parametrize("override, expected", [
     ("trainer.max_step=5", "unknown config key 'trainer.max_step'; did you mean 'trainer.max_steps'?"),
     ("geometry.grid.n_level=4", "did you mean 'geometry.grid.n_levels'?"),
@@ -32,6 +43,8 @@ def test_overrides_are_merged_and_typed():
     ("camera.elevation_deg=[30,10]", "camera.elevation_deg must be a [low, high] pair"),
     ("prompt='  '", "the prompt is empty"),
     ("trainer.max_steps", "is not of the form key.path=value"),
+    ("teacher.guidance_scale=strong", "teacher.guidance_scale = 'strong' is not a number or a ramp"),
+    ("teacher.guidance_scale={start: 2.0, end: -1.0, start_step: 0, end_step: 9}", "teacher.guidance_scale.end = -1.0 is out of range"),
 ])
 def test_bad_config_is_a_clear_error(override, expected):
     with pytest.raises(ConfigError) as error:

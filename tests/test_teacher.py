@@ -61,14 +61,25 @@ def test_sds_gradient_is_the_weighted_noise_residual():
 
 
 def test_score_distillation_samples_timesteps_in_range(teacher):
-    guidance = ScoreDistillation(teacher, GuidanceSpec(min_step_percent=Ramp(0.2), max_step_percent=Ramp(0.3)), "a vase", "", 7.5,
-                                 ViewPromptSpec())
+    guidance = ScoreDistillation(teacher, GuidanceSpec(min_step_percent=Ramp(0.2), max_step_percent=Ramp(0.3)), "a vase", "",
+                                 Ramp(7.5), ViewPromptSpec())
     images = torch.rand(4, 24, 24, 3, requires_grad=True)
     views = ViewBatch(images, torch.zeros(4), torch.tensor([0.0, 90.0, 180.0, 270.0]), torch.eye(4).repeat(4, 1, 1))
     out = guidance(views, 0, torch.Generator().manual_seed(0))
     assert ((out.timesteps >= 200) & (out.timesteps < 300)).all()
     out.generator_losses["sds"].backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_score_distillation_guides_with_the_scale_of_its_step(teacher, monkeypatch):
+    guidance = ScoreDistillation(teacher, GuidanceSpec(), "a vase", "", Ramp(2.0, 1.0, start_step=10, end_step=20),
+                                 ViewPromptSpec())
+    scales, guided = [], teacher.predict_eps_cfg
+    monkeypatch.setattr(teacher, "predict_eps_cfg", lambda *args: scales.append(args[-1]) or guided(*args))
+    views = ViewBatch(torch.rand(1, 24, 24, 3), torch.zeros(1), torch.zeros(1), torch.eye(4)[None])
+    for step in (0, 15, 30):
+        guidance(views, step, torch.Generator().manual_seed(0))
+    assert scales == [2.0, 1.5, 1.0]
 
 
 def test_view_dependent_prompts_pick_the_embedding_of_each_view(teacher):

@@ -2,21 +2,24 @@
 
 Validation is strict. An unknown key (with the closest valid key suggested), a value of the wrong
 type, a value outside the range or choices declared in a field's metadata, or a missing prompt is
-a ``ConfigError`` naming the key.
+a ``ConfigError`` naming the key. A number given for a ramp (``teacher.guidance_scale=50``) is the
+constant ramp ``{start: 50}``.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from guidance.distillation import GuidanceSpec
 from guidance.prompts import ViewPromptSpec
+from guidance.schedules import Ramp
 from guidance.teacher import TeacherSpec
 from nerf.background import BackgroundSpec
 from nerf.field import FieldSpec
@@ -76,7 +79,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     and validates the result."""
     path = Path(path)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), *read_yaml_chain(path), parse_overrides(overrides))
+        layers = [*read_yaml_chain(path), parse_overrides(overrides)]
+        merged = OmegaConf.merge(OmegaConf.structured(Config), *(numbers_as_ramps(layer) for layer in layers))
         config: Config = OmegaConf.to_object(merged)
     except MissingMandatoryValue as error:
         raise ConfigError(f"{error.full_key} is not set: give it in the config or on the command line "
@@ -118,6 +122,24 @@ def parse_overrides(overrides: list[str]):
     return OmegaConf.from_dotlist(list(overrides))
 
 
+def numbers_as_ramps(node: DictConfig, schema: type = Config, prefix: str = "") -> DictConfig:
+    """``node`` (a YAML file's or the overrides' config) with each number given for a ``Ramp`` field of
+    ``schema`` replaced, in place, by the constant ramp ``{start: number}``. A ramp given as anything
+    but a number or a mapping is a ConfigError; other values are left for the merge to check."""
+    types = typing.get_type_hints(schema)
+    for spec_field in dataclasses.fields(schema):
+        value = node.get(spec_field.name) if isinstance(node, DictConfig) else None
+        kind = types[spec_field.name]
+        if kind is Ramp and isinstance(value, (int, float)) and not isinstance(value, bool):
+            node[spec_field.name] = {"start": float(value)}
+        elif kind is Ramp and value is not None and not isinstance(value, DictConfig):
+            raise ConfigError(f"{prefix}{spec_field.name} = {value!r} is not a number or a ramp: give e.g. 2.0 or "
+                              f"{{start: 2.0, end: 1.0, start_step: 100, end_step: 200}}")
+        elif dataclasses.is_dataclass(kind) and isinstance(value, DictConfig):
+            numbers_as_ramps(value, kind, f"{prefix}{spec_field.name}.")
+    return node
+
+
 def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
     key = getattr(error, "full_key", None) or "?"
     message = str(error).splitlines()[0]
@@ -157,16 +179,24 @@ def validate(config: Config) -> None:
 def check_metadata(spec: Any, prefix: str) -> None:
     for spec_field in dataclasses.fields(spec):
         key, value = prefix + spec_field.name, getattr(spec, spec_field.name)
+        low, high = spec_field.metadata.get("range", (None, None))
+        if isinstance(value, Ramp):  # the range holds for every value along the ramp
+            for end, end_value in (("start", value.start), ("end", value.end)):
+                check_range(f"{key}.{end}", end_value, low, high)
+            continue
         if dataclasses.is_dataclass(value):
             check_metadata(value, key + ".")
             continue
-        low, high = spec_field.metadata.get("range", (None, None))
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = " and ".join(s for s in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "") if s)
-            raise ConfigError(f"{key} = {value} is out of range: it must be {bounds}")
+        check_range(key, value, low, high)
         choices = spec_field.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{key} = {value!r} is not one of {list(choices)}")
+
+
+def check_range(key: str, value, low, high) -> None:
+    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+        bounds = " and ".join(s for s in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "") if s)
+        raise ConfigError(f"{key} = {value} is out of range: it must be {bounds}")
 
 
 def save_config(config: Config, path: Path) -> None:
