@@ -93,3 +93,20 @@ def test_colour_command_reports_renders_and_each_guidance_scale(capsys):
         teacher_quality.main(["colour", "assets/shapeworld-teacher", "--prompt", "a hamburger"])
     with pytest.raises(SystemExit, match="--guidance-scales e.g. 1,2"):
         teacher_quality.main(["colour", "assets/shapeworld-teacher", "--prompt", "a red vase", "--guidance-scales", "1;2"])
+
+
+def test_drift_command_measures_the_teachers_pull_on_true_renders(capsys):
+    teacher_quality.main(["drift", "assets/shapeworld-teacher", "--prompt", "a red vase", "--guidance-scales", "1,2",
+                          "--timesteps", "1,900", "--n-images", "2"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["renders"]["colour_error"] < 1e-3  # the silhouettes pick object pixels only: the albedo's chromaticity
+    predictions = report["x0_prediction_by_guidance_scale_and_timestep"]
+    assert set(predictions) == {"1.0", "2.0"} and set(predictions["1.0"]) == {"1", "900"}
+    # At t = 1 the prediction is the render itself; at t = 900 the teacher redraws it.
+    nearly_clean = predictions["1.0"]["1"]["object_colour"]
+    assert max(abs(a - b) for a, b in zip(nearly_clean, report["renders"]["object_colour"])) < 0.01
+    assert predictions["1.0"]["900"]["object_colour"] != nearly_clean
+    with pytest.raises(SystemExit, match="--timesteps must lie in"):
+        teacher_quality.main(["drift", "assets/shapeworld-teacher", "--prompt", "a red vase", "--timesteps", "1000"])
+    with pytest.raises(SystemExit, match="--timesteps e.g."):
+        teacher_quality.main(["drift", "assets/shapeworld-teacher", "--prompt", "a red vase", "--timesteps", "a"])

@@ -7,6 +7,7 @@ The bar of shapeworld.md is 90% for shape and for colour.
     python -m threed.teacher_quality evaluate assets/shapeworld-teacher [--per-prompt 4] [--grid samples.png]
     python -m threed.teacher_quality conditioning assets/shapeworld-teacher   # does it read each word?
     python -m threed.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour bias by guidance
+    python -m threed.teacher_quality drift assets/shapeworld-teacher --prompt "a red vase"   # ... by guidance and t
 
 The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
 Gaussian pixel noise, so that a recognisable but grainy sample is judged by its shape, not its grain.
@@ -28,9 +29,11 @@ from tqdm import tqdm
 
 from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.prompts import VIEWS
+from guidance.teacher import DiffusionTeacher, TeacherSpec
 from threed.checkpoint import save_atomic
 from threed.mesh_metrics import chromaticity
-from threed.shapeworld import ALBEDOS, COLOURS, SHAPES, caption, generate_dataset, parse_prompt, render_shape, sample_dataset_cameras
+from threed.shapeworld import (ALBEDOS, COLOURS, SHAPES, caption, generate_dataset, parse_prompt, render_shape,
+                               render_shape_with_mask, sample_dataset_cameras, view_label)
 
 log = logging.getLogger(__name__)
 QUALITY_BAR = 0.9
@@ -244,6 +247,47 @@ def colour_bias_report(pipeline: PixelDiffusionPipeline, prompt: str, guidance_s
             "teacher_colour_error_by_guidance_scale": errors}
 
 
+@torch.no_grad()
+def colour_drift_report(teacher: DiffusionTeacher, prompt: str, guidance_scales: list[float], timesteps: list[int],
+                        n_images: int, seed: int) -> dict:
+    """Which way the teacher's score pulls the colour of a render that is already right: the mean
+    object colour (over the true silhouettes) of its one-step x0-prediction from noised renders of
+    ``prompt``, by guidance scale and timestep, averaged over ``n_images`` views. A score distillation
+    at that scale and t moves the 3D colour the same way."""
+    if teacher.vae is not None:
+        raise ValueError("drift measures pixel-space teachers (ShapeWorld); this one is a latent teacher")
+    shape, colour = parse_prompt(prompt)
+    generator = torch.Generator().manual_seed(seed)
+    cameras = sample_dataset_cameras(n_images, generator)
+    renders, silhouettes = render_shape_with_mask(shape, colour, cameras)  # [N, H, W, 3], [N, H, W]
+    device = teacher.alphas_cumprod.device
+    x0 = teacher.encode(renders.permute(0, 3, 1, 2).to(device))
+    inside = silhouettes.to(device)[:, None].float()  # [N, 1, H, W]
+    views = [view_label(float(e), float(a)) for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg)]
+    cond = teacher.embed_text([caption(shape, colour, view) for view in views])
+    uncond = teacher.embed_text([""] * n_images)
+
+    def colour_entry(x: torch.Tensor) -> dict:
+        """x [N, 3, H, W] in [-1, 1] -> its mean object colour and that colour's chromaticity error."""
+        mean = ((x.clamp(-1, 1) + 1) / 2 * inside).sum(dim=(0, 2, 3)) / inside.sum()
+        mean = mean.double().cpu().numpy()
+        error = np.linalg.norm(chromaticity(mean) - chromaticity(np.asarray(ALBEDOS[colour])))
+        return {"object_colour": [round(float(v), 4) for v in mean], "colour_error": round(float(error), 4)}
+
+    by_scale = {}
+    for scale in guidance_scales:
+        by_scale[str(scale)] = {}
+        for timestep in timesteps:
+            t = torch.full((n_images,), timestep, device=device)
+            alpha, sigma = teacher.alpha_sigma(t)
+            eps = torch.randn(x0.shape, generator=generator).to(device)
+            x_t = alpha * x0 + sigma * eps
+            x0_prediction = (x_t - sigma * teacher.predict_eps_cfg(x_t, t, cond, uncond, scale)) / alpha
+            by_scale[str(scale)][str(timestep)] = colour_entry(x0_prediction)
+    return {"prompt": prompt, "n_images": n_images, "seed": seed, "renders": colour_entry(x0),
+            "x0_prediction_by_guidance_scale_and_timestep": by_scale}
+
+
 def _train_classifier_command(arguments: argparse.Namespace) -> None:
     classifier = train_classifier(arguments.per_prompt, arguments.epochs, arguments.seed)
     held_out = dataset_tensors(arguments.held_out_per_prompt, arguments.seed + 1000)
@@ -273,6 +317,21 @@ def _colour_command(arguments: argparse.Namespace) -> None:
     pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(colour_bias_report(pipeline, arguments.prompt, scales, arguments.n_images, arguments.steps,
                                         arguments.seed)))
+
+
+def _drift_command(arguments: argparse.Namespace) -> None:
+    try:  # before loading the teacher, so a typo fails at once
+        parse_prompt(arguments.prompt)
+        scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
+        timesteps = [int(t) for t in arguments.timesteps.split(",")]
+    except ValueError as error:
+        raise SystemExit(f"error: {error} (--prompt is 'a COLOUR SHAPE', --guidance-scales e.g. 1,2, "
+                         f"--timesteps e.g. 100,500,900)") from None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=arguments.teacher), device)
+    if not all(0 <= t < teacher.num_train_timesteps for t in timesteps):
+        raise SystemExit(f"error: --timesteps must lie in [0, {teacher.num_train_timesteps}), got {timesteps}")
+    print(json.dumps(colour_drift_report(teacher, arguments.prompt, scales, timesteps, arguments.n_images, arguments.seed)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,6 +367,15 @@ def main(argv: list[str] | None = None) -> None:
     colour.add_argument("--steps", type=int, default=30, help="sampler steps")
     colour.add_argument("--seed", type=int, default=0)
     colour.set_defaults(run=_colour_command)
+    drift = commands.add_parser("drift", help="the colour of the teacher's x0-prediction from noised true renders, "
+                                              "by guidance scale and timestep (JSON)")
+    drift.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
+    drift.add_argument("--prompt", required=True, help='a ShapeWorld prompt, e.g. "a red vase"')
+    drift.add_argument("--guidance-scales", default="1,2", help="comma-separated")
+    drift.add_argument("--timesteps", default="100,200,350,500,700,900", help="comma-separated, of the teacher's schedule")
+    drift.add_argument("--n-images", type=int, default=16, help="renders (random data-set views)")
+    drift.add_argument("--seed", type=int, default=0)
+    drift.set_defaults(run=_drift_command)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
