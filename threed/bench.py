@@ -9,7 +9,7 @@ ProlificDreamer's hash grid whose occupied volume is a sphere of radius 0.35 in 
 [-1, 1]^3; and the hash grid's forward-plus-backward throughput in points per second.
 
 ``teacher``: milliseconds for one training step of the ShapeWorld teacher (the ``small``
-architecture, a batch of 32: loss, backward, AdamW, EMA) and for one classifier-free-guided U-Net
+architecture, a batch of 32: ``TeacherTrainer.train_step``) and for one classifier-free-guided U-Net
 call for 8 images (a batch of 16, conditional and unconditional), each in float32 and under bfloat16 autocast (fast only on CPUs with AMX).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from nerf.hashgrid import HashGridEncoding, HashGridSpec
 from nerf.occupancy import OccupancyGrid
 from nerf.renderer import RenderSpec, render_rays
 from threed.cameras import make_cameras
-from threed.train_teacher import ARCHITECTURES, MAX_TOKENS, TeacherTrainer
+from threed.train_teacher import ARCHITECTURES, TeacherTrainer
 
 SPHERE_RADIUS = 0.35
 
@@ -100,20 +100,13 @@ def bench_teacher(repeats: int) -> dict:
         trainer = TeacherTrainer(Path(tempfile.gettempdir()), ARCHITECTURES["small"], steps=1000,  # never saved
                                  batch=len(images), lr=1e-4, seed=0, bf16=bf16)
 
-        def train_step():
-            trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.loss(images, captions).backward()
-            trainer.optimizer.step()
-            trainer.ema.step([*trainer.unet.parameters(), *trainer.text_encoder.parameters()])
-
         def guided_call():
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 trainer.unet(torch.randn(16, 3, 64, 64), torch.full((16,), 500), encoder_hidden_states=text)
 
         with torch.no_grad():
-            text = trainer.text_encoder(trainer.tokenizer(captions[:16], padding="max_length", max_length=MAX_TOKENS,
-                                                          return_tensors="pt").input_ids)[0]
-        result[name] = {"train_step_ms": round(timed_ms(train_step, repeats, device), 1),
+            text = trainer.encode_captions(captions[:16])
+        result[name] = {"train_step_ms": round(timed_ms(lambda: trainer.train_step(images, captions), repeats, device), 1),
                         "guided_call_ms": round(timed_ms(guided_call, repeats, device), 1)}
     return result
 

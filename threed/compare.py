@@ -101,14 +101,17 @@ class Cell:
     def finished(self) -> bool:
         return self.record.is_file()
 
+    def _recorded(self) -> dict:
+        return json.loads(self.record.read_text())
+
     @property
     def wall_time_s(self) -> float:
-        return json.loads(self.record.read_text())["wall_time_s"]
+        return self._recorded()["wall_time_s"]
 
     @property
     def threads(self) -> int | None:
         """The CPU threads the cell trained with (None in records from before 2026-12-02)."""
-        return json.loads(self.record.read_text()).get("threads")
+        return self._recorded().get("threads")
 
     @property
     def mesh(self) -> Path:

@@ -51,6 +51,12 @@ def chromaticity(rgb: np.ndarray) -> np.ndarray:
     return rgb / max(float(rgb.sum()), 1e-8)
 
 
+def chromaticity_error(rgb, albedo) -> float:
+    """The evaluator's colour error: the distance between the chromaticities of a mean colour and an albedo."""
+    rgb, albedo = (np.asarray(colour, dtype=np.float64) for colour in (rgb, albedo))
+    return float(np.linalg.norm(chromaticity(rgb) - chromaticity(albedo)))
+
+
 def best_rotation(points: np.ndarray, truth_points: np.ndarray, coarse_step_deg: float = 10.0,
                   fine_step_deg: float = 1.0, sweep_samples: int = 4000) -> tuple[float, float]:
     """(Chamfer distance, angle) minimised over rotations of ``points`` about z: a coarse sweep of the
@@ -81,5 +87,5 @@ def score_mesh(mesh: trimesh.Trimesh, truth: trimesh.Trimesh, inside_truth: Insi
     in_mesh = mesh.contains(lattice @ rotation_z(angle))  # the lattice, turned back into the mesh's frame
     union = np.logical_or(in_truth, in_mesh).sum()
     iou = float(np.logical_and(in_truth, in_mesh).sum() / union) if union else 0.0
-    color_error = float(np.linalg.norm(chromaticity(colors.mean(axis=0)) - chromaticity(np.asarray(albedo))))
+    color_error = chromaticity_error(colors.mean(axis=0), albedo)
     return MeshScore(float(distance), iou, color_error, angle % 360.0)

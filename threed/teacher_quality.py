@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 
 import imageio.v3 as imageio
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -31,7 +30,7 @@ from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.prompts import VIEWS
 from guidance.teacher import DiffusionTeacher, TeacherSpec
 from threed.checkpoint import save_atomic
-from threed.mesh_metrics import chromaticity
+from threed.mesh_metrics import chromaticity_error
 from threed.shapeworld import (ALBEDOS, COLOURS, SHAPES, caption, generate_dataset, parse_prompt, render_shape,
                                render_shape_with_mask, sample_dataset_cameras, view_label)
 
@@ -222,8 +221,7 @@ def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, flo
     foreground = pixels[pixels.min(dim=1).values < 1.0 - white_margin]
     if len(foreground) == 0:
         raise ValueError("the images are all white: no object pixels to measure")
-    mean = foreground.mean(dim=0).double().numpy()
-    return float(np.linalg.norm(chromaticity(mean) - chromaticity(np.asarray(albedo))))
+    return chromaticity_error(foreground.mean(dim=0).double().numpy(), albedo)
 
 
 @torch.no_grad()
@@ -271,8 +269,8 @@ def colour_drift_report(teacher: DiffusionTeacher, prompt: str, guidance_scales:
         """x [N, 3, H, W] in [-1, 1] -> its mean object colour and that colour's chromaticity error."""
         mean = ((x.clamp(-1, 1) + 1) / 2 * inside).sum(dim=(0, 2, 3)) / inside.sum()
         mean = mean.double().cpu().numpy()
-        error = np.linalg.norm(chromaticity(mean) - chromaticity(np.asarray(ALBEDOS[colour])))
-        return {"object_colour": [round(float(v), 4) for v in mean], "colour_error": round(float(error), 4)}
+        return {"object_colour": [round(float(v), 4) for v in mean],
+                "colour_error": round(chromaticity_error(mean, ALBEDOS[colour]), 4)}
 
     by_scale = {}
     for scale in guidance_scales:

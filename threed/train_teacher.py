@@ -139,32 +139,41 @@ class TeacherTrainer:
         self.generator.set_state(state["generator"])
         log.info("resumed at step %d", self.step)
 
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        """n captions -> the text encoder's token features [n, MAX_TOKENS, cross_attention_dim]."""
+        tokens = self.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+        return self.text_encoder(tokens.input_ids)[0]
+
     def loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """v-prediction loss on a batch; a tenth of the captions are dropped for classifier-free guidance."""
         drop = torch.rand(len(captions), generator=self.generator) < 0.1
         captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
-        tokens = self.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(images),), generator=self.generator)
         noise = torch.randn(images.shape, generator=self.generator)
         noisy = self.scheduler.add_noise(images, noise, t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            prediction = self.unet(noisy, t, encoder_hidden_states=self.text_encoder(tokens.input_ids)[0]).sample
+            prediction = self.unet(noisy, t, encoder_hidden_states=self.encode_captions(captions)).sample
         return F.mse_loss(prediction.float(), self.scheduler.get_velocity(images, noise, t))
+
+    def train_step(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """One optimiser, learning-rate and EMA step on a batch; returns its (finite) loss."""
+        loss = self.loss(images, captions)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"teacher loss is {loss.item()} at step {self.step}; resume from {self.checkpoint}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.step(list(self.unet.parameters()) + list(self.text_encoder.parameters()))
+        self.step += 1
+        return loss
 
     def fit(self, images: torch.Tensor, captions: list[str], checkpoint_every: int) -> None:
         with tqdm(total=self.steps, initial=self.step, desc="teacher", dynamic_ncols=True) as progress:
             while self.step < self.steps:
                 pick = torch.randint(0, len(images), (self.batch,), generator=self.generator)
-                loss = self.loss(images[pick], [captions[i] for i in pick.tolist()])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"teacher loss is {loss.item()} at step {self.step}; resume from {self.checkpoint}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
-                self.optimizer.step()
-                self.lr_schedule.step()
-                self.ema.step(list(self.unet.parameters()) + list(self.text_encoder.parameters()))
-                self.step += 1
+                loss = self.train_step(images[pick], [captions[i] for i in pick.tolist()])
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}")
                 if self.step % checkpoint_every == 0:
