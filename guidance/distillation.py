@@ -106,6 +106,7 @@ class GuidanceOutput:
     generator_losses: dict[str, torch.Tensor]  # named and weighted; their sum trains the 3D parameters
     auxiliary_losses: dict[str, torch.Tensor]  # their sum trains the guidance's own parameters
     timesteps: torch.Tensor  # [B] the sampled teacher timesteps
+    latents: torch.Tensor  # [B, C, h, w] the encoded renders, detached: input to further auxiliary updates
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # logged, not trained on
 
 
@@ -201,9 +202,8 @@ class ScoreDistillation(nn.Module):
         adversarial_weight = self.spec.adversarial_weight.at(step)
         if adversarial_weight > 0:
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(logit(sample.x_t))
-        auxiliary, diagnostics = self._auxiliary_losses(x0.detach(), views, cond, camera, generator) \
-            if self.fake_score else ({}, {})
-        return GuidanceOutput(generator_losses, auxiliary, t, diagnostics)
+        auxiliary, diagnostics = self.auxiliary_losses(x0.detach(), views, generator) if self.fake_score else ({}, {})
+        return GuidanceOutput(generator_losses, auxiliary, t, x0.detach(), diagnostics)
 
     def _time_weight(self, estimator: str, sample: NoisedSample, teacher_score) -> torch.Tensor:
         """[B] weights that put each estimator on its classic x0-gradient scale (module docstring)."""
@@ -221,16 +221,19 @@ class ScoreDistillation(nn.Module):
                 weight = weight / (sample.x0.detach() - f_teacher).abs().flatten(1).mean(1).clamp_min(1e-8)
         return weight
 
-    def _auxiliary_losses(self, x0: torch.Tensor, views: ViewBatch, cond: torch.Tensor, camera: torch.Tensor,
-                          generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Denoising loss of the fake score on the detached renders and, with a discriminator, its GAN
-        loss against teacher samples of the same views. Both share one fake-U-Net call on the renders.
+    def auxiliary_losses(self, x0: torch.Tensor, views: ViewBatch,
+                         generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Denoising loss of the fake score on the detached encoded renders ``x0`` [B, C, h, w] and, with
+        a discriminator, its GAN loss against teacher samples of the same views, at a fresh uniformly
+        drawn t. Both share one fake-U-Net call on the renders.
 
         Also returns, with a discriminator, the diagnostic ``density_ratio``: the batch mean of the
         estimated r = q_t / p_t on the renders (clamped as ``guidance.ratio`` says), at this loss's
         uniformly drawn t. Near 1 the discriminator cannot tell renders from teacher samples; at the
         lower clamp it tells them apart easily, and an f-divergence weight h(r) sits at its floor."""
         batch = x0.shape[0]
+        cond, _ = self.prompts(views.elevation_deg, views.azimuth_deg)
+        camera = views.c2w.flatten(1)
         t = torch.randint(0, self.teacher.num_train_timesteps, (batch,), generator=generator, device=generator.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)

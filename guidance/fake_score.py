@@ -30,6 +30,10 @@ class FakeScoreSpec:
     camera_condition: bool = True
     condition_drop: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # camera dropped this often
     share_unet: bool = False  # one U-Net for teacher and fake score: saves memory
+    # Optimiser steps of the fake score (and of the discriminator, which shares its U-Net call) per
+    # step of the 3D parameters, each on a fresh t and noise: above 1 it tracks the renders faster
+    # without a larger learning rate (DMD2's two time-scale update rule).
+    updates_per_step: int = field(default=1, metadata={"range": (1, None)})
 
 
 @dataclass

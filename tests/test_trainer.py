@@ -35,7 +35,8 @@ def test_nan_loss_stops_the_run_before_any_checkpoint(fast_overrides, tmp_path):
     trainer = make_trainer(config)
 
     def nan_guidance(views, step, generator):
-        return GuidanceOutput({"sds": views.images.sum() * float("nan")}, {}, timesteps=torch.zeros(1))
+        return GuidanceOutput({"sds": views.images.sum() * float("nan")}, {}, timesteps=torch.zeros(1),
+                              latents=views.images.detach())
 
     trainer.guidance.forward = nan_guidance
     with pytest.raises(NonFiniteLossError, match="NaN or infinite before step 2"):
@@ -88,3 +89,15 @@ def test_vsd_steps_train_field_and_lora_but_not_the_teacher(fast_overrides, shar
     torch.testing.assert_close(trainer.guidance.teacher.predict_eps(x_t, t, text), teacher_before)
     fake = trainer.guidance.fake_score.predict_eps(x_t, t, text, torch.eye(4).flatten()[None])
     assert not torch.allclose(fake, teacher_before)
+
+
+def test_fake_score_takes_as_many_updates_per_step_as_asked(fast_overrides):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=vsd",
+                                               "guidance.fake_score.updates_per_step=3"])
+    trainer = make_trainer(config)
+    trainer.training_step()
+
+    def steps_taken(optimizer):
+        return {int(state["step"]) for state in optimizer.state.values()}
+
+    assert steps_taken(trainer.guidance_optimizer) == {3} and steps_taken(trainer.optimizer) == {1}

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from guidance.distillation import ScoreDistillation, ViewBatch
+from guidance.distillation import GuidanceOutput, ScoreDistillation, ViewBatch
 from guidance.teacher import DiffusionTeacher
 from nerf.background import Background
 from nerf.field import RadianceField
@@ -140,10 +140,20 @@ class Trainer:
         out = self.guidance(views, self.step, self.generator)
         generator_losses = {**out.generator_losses, **regularizer_losses(render, self.config.regularizers, self.step)}
         self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]])
-        self._step(self.guidance_optimizer, out.auxiliary_losses, self.guidance.trainable_parameters())
+        self._update_guidance(out, views)
         self.step += 1
         losses = {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
         return StepResult(losses, out.diagnostics)
+
+    def _update_guidance(self, out: GuidanceOutput, views: ViewBatch) -> None:
+        """Steps the fake score and discriminator on this step's losses, then on fresh ones as often as
+        ``guidance.fake_score.updates_per_step`` asks."""
+        parameters = self.guidance.trainable_parameters()
+        self._step(self.guidance_optimizer, out.auxiliary_losses, parameters)
+        if out.auxiliary_losses:
+            for _ in range(self.config.guidance.fake_score.updates_per_step - 1):
+                losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.generator)
+                self._step(self.guidance_optimizer, losses, parameters)
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor]) -> None:
