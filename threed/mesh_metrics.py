@@ -19,9 +19,11 @@ class MeshScore:
     iou: float  # volumetric intersection over union
     color_error: float  # distance between chromaticities (rgb / (r + g + b))
     rotation_deg: float  # rotation about z of the mesh that fits best
+    mean_color: tuple[float, float, float]  # the surface's mean vertex colour, rgb in [0, 1]: what color_error judges
 
     def as_dict(self) -> dict:
-        return {"chamfer": self.chamfer, "iou": self.iou, "color_error": self.color_error, "rotation_deg": self.rotation_deg}
+        return {"chamfer": self.chamfer, "iou": self.iou, "color_error": self.color_error, "rotation_deg": self.rotation_deg,
+                "mean_color": list(self.mean_color)}
 
 
 def rotation_z(degrees: float) -> np.ndarray:
@@ -87,5 +89,6 @@ def score_mesh(mesh: trimesh.Trimesh, truth: trimesh.Trimesh, inside_truth: Insi
     in_mesh = mesh.contains(lattice @ rotation_z(angle))  # the lattice, turned back into the mesh's frame
     union = np.logical_or(in_truth, in_mesh).sum()
     iou = float(np.logical_and(in_truth, in_mesh).sum() / union) if union else 0.0
-    color_error = chromaticity_error(colors.mean(axis=0), albedo)
-    return MeshScore(float(distance), iou, color_error, angle % 360.0)
+    mean_color = colors.mean(axis=0)
+    return MeshScore(float(distance), iou, chromaticity_error(mean_color, albedo), angle % 360.0,
+                     tuple(float(c) for c in mean_color))
