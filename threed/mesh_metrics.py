@@ -19,11 +19,11 @@ class MeshScore:
     iou: float  # volumetric intersection over union
     color_error: float  # distance between chromaticities (rgb / (r + g + b))
     rotation_deg: float  # rotation about z of the mesh that fits best
-    mean_color: tuple[float, float, float]  # rgb in [0, 1], the mean over area-uniform surface samples: what color_error judges
+    mean_color: tuple[float, float, float]  # rgb in [0, 1] over area-uniform surface samples: what color_error judges
 
     def as_dict(self) -> dict:
-        return {"chamfer": self.chamfer, "iou": self.iou, "color_error": self.color_error, "rotation_deg": self.rotation_deg,
-                "mean_color": list(self.mean_color)}
+        return {"chamfer": self.chamfer, "iou": self.iou, "color_error": self.color_error,
+                "rotation_deg": self.rotation_deg, "mean_color": list(self.mean_color)}
 
 
 def rotation_z(degrees: float) -> np.ndarray:
