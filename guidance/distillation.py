@@ -202,8 +202,9 @@ class ScoreDistillation(nn.Module):
         adversarial_weight = self.spec.adversarial_weight.at(step)
         if adversarial_weight > 0:
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(logit(sample.x_t))
-        auxiliary, diagnostics = self.auxiliary_losses(x0.detach(), views, generator) if self.fake_score else ({}, {})
-        return GuidanceOutput(generator_losses, auxiliary, t, x0.detach(), diagnostics)
+        latents = x0.detach()
+        auxiliary, diagnostics = self.auxiliary_losses(latents, views, generator) if self.fake_score else ({}, {})
+        return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics)
 
     def _time_weight(self, estimator: str, sample: NoisedSample, teacher_score) -> torch.Tensor:
         """[B] weights that put each estimator on its classic x0-gradient scale (module docstring)."""
