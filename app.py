@@ -122,12 +122,13 @@ class DemoRunner:
             cameras = turntable_cameras(config.video, 1, 128, self.device)
 
             def on_log(record: dict) -> None:
-                preview = render_views(trainer.field, cameras, config.render, config.background.color)[0]
+                preview = render_views(trainer.output_field(), cameras, config.render, config.background.color)[0]
                 updates.put((record, preview))
 
             trainer.fit(self.stop_event.is_set, on_log)
-            write_video(trainer.field.eval(), config, paths)
-            write_meshes(trainer.field, config, paths, sorted(set(config.export.formats) | {"glb"}))
+            field = trainer.output_field().eval()
+            write_video(field, config, paths)
+            write_meshes(field, config, paths, sorted(set(config.export.formats) | {"glb"}))
             updates.put(FINISHED)
         except Exception as error:  # reported in the page
             updates.put(error)

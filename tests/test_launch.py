@@ -11,7 +11,9 @@ import trimesh
 import launch
 from tests.conftest import overrides_for_fast_runs
 from threed.checkpoint import list_checkpoints, load_checkpoint
+from threed.artifacts import load_trained_field
 from threed.config import load_config
+from threed.runs import existing_run
 
 
 def train(overrides: list[str], *extra: str) -> Path:
@@ -20,14 +22,14 @@ def train(overrides: list[str], *extra: str) -> Path:
     return runs[-1]
 
 
-def final_field_state(run: Path) -> dict:
-    return load_checkpoint(list_checkpoints(run / "checkpoints")[-1], torch.device("cpu"))["field"]
+def final_checkpoint(run: Path) -> dict:
+    return load_checkpoint(list_checkpoints(run / "checkpoints")[-1], torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_teacher, tmp_path_factory) -> tuple[Path, list[str]]:
     overrides = overrides_for_fast_runs(tiny_teacher, tmp_path_factory.mktemp("run"))
-    return train(overrides, "--prompt", "a red vase, front view", "--seed", "3"), overrides
+    return train(overrides, "--prompt", "a red vase, front view", "--seed", "3", "trainer.ema_decay=0.5"), overrides
 
 
 def test_run_folder_is_named_by_config_prompt_and_time(finished_run):
@@ -93,13 +95,24 @@ def test_a_killed_run_resumes_to_the_same_parameters(finished_run, tmp_path):
     step3 = stopped / "checkpoints" / "step0000003.pt"
     torch.save({**torch.load(step3, weights_only=True), "training_s": 1000.0}, step3)  # a long first session
     assert launch.main(["--resume", str(stopped)]) == 0
-    resumed, uninterrupted = final_field_state(stopped), final_field_state(run)
-    assert load_checkpoint(stopped / "checkpoints" / "step0000006.pt", torch.device("cpu"))["training_s"] > 1000
-    assert resumed.keys() == uninterrupted.keys()
-    for name in uninterrupted:
-        assert torch.equal(resumed[name], uninterrupted[name]), name
+    resumed, uninterrupted = final_checkpoint(stopped), final_checkpoint(run)
+    assert resumed["training_s"] > 1000
+    assert resumed["field"].keys() == uninterrupted["field"].keys()
+    for name in uninterrupted["field"]:
+        assert torch.equal(resumed["field"][name], uninterrupted["field"][name]), name
+    for resumed_average, average in zip(resumed["ema"]["shadow_params"], uninterrupted["ema"]["shadow_params"], strict=True):
+        assert torch.equal(resumed_average, average)
     metrics = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in metrics] == [2, 4, 6]
+
+
+def test_exports_from_a_checkpoint_show_its_moving_average(finished_run):
+    run, _ = finished_run
+    state = final_checkpoint(run)
+    field = load_trained_field(load_config(run / "config.yaml"), existing_run(run), torch.device("cpu"))
+    averaged_table = state["ema"]["shadow_params"][0]  # the hash table is the field's first parameter
+    assert torch.equal(field.encoding.table, averaged_table)
+    assert not torch.equal(averaged_table, state["field"]["encoding.table"])
 
 
 def test_v_prediction_teacher_trains(fast_overrides, tiny_v_teacher):

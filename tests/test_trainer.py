@@ -63,6 +63,23 @@ def test_two_runs_in_the_same_second_get_distinct_folders(tmp_path):
     assert first.root != second.root and first.root.parent == second.root.parent
 
 
+def test_outputs_show_the_moving_average_of_the_field(fast_overrides):
+    plain = make_trainer(load_config("configs/tiny.yaml", fast_overrides))
+    assert plain.output_field() is plain.field  # no EMA asked for
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "trainer.ema_decay=0.5", "trainer.ema_start_step=1"])
+    trainer = make_trainer(config)
+    tables = []
+    for _ in range(4):
+        trainer.training_step()
+        tables.append(trainer.field.encoding.table.detach().clone())
+    averaged = trainer.output_field()
+    # A copy of the field up to step 2 (ema_start_step + 1), then halfway towards it at steps 3 and 4.
+    torch.testing.assert_close(averaged.encoding.table, 0.5 * (0.5 * tables[1] + 0.5 * tables[2]) + 0.5 * tables[3])
+    assert not torch.equal(averaged.encoding.table, trainer.field.encoding.table)
+    assert torch.equal(averaged.occupancy.occupied, trainer.field.occupancy.occupied)  # the live grid's buffers
+    assert trainer.field.encoding.table.requires_grad and averaged is not trainer.field
+
+
 def field_and_guidance_snapshot(trainer):
     teacher_base = {n: p.detach().clone() for n, p in trainer.guidance.teacher.unet.named_parameters() if "fake_score" not in n}
     return ({n: p.detach().clone() for n, p in trainer.field.named_parameters()},

@@ -15,20 +15,25 @@ from threed.errors import RunDirError
 from threed.export import extract_mesh, save_mesh
 from threed.runs import RunPaths
 from threed.shapeworld import evaluate_mesh, is_canon_prompt
-from threed.trainer import Trainer
+from threed.trainer import Trainer, make_ema, with_averaged_parameters
 from threed.video import save_turntable_video
 
 log = logging.getLogger(__name__)
 
 
 def load_trained_field(config: Config, paths: RunPaths, device: torch.device) -> RadianceField:
-    """The field of the run's latest checkpoint (no teacher is loaded)."""
+    """The field of the run's latest checkpoint (no teacher is loaded): its moving average where
+    ``trainer.ema_decay`` asks for one, as the run's own outputs show it."""
     found = latest_checkpoint(paths.checkpoints)
     if found is None:
         raise RunDirError(f"{paths.root} has no checkpoint yet; train it first (--resume {paths.root})")
+    state = load_checkpoint(found, device)
     field = RadianceField(config.geometry).to(device)
-    field.load_state_dict(load_checkpoint(found, device)["field"])
-    return field.eval()
+    field.load_state_dict(state["field"])
+    ema = make_ema(field, config.trainer)
+    if ema and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    return with_averaged_parameters(field, ema).eval()
 
 
 def write_video(field: RadianceField, config: Config, paths: RunPaths) -> None:
@@ -58,7 +63,7 @@ def train_and_export(config: Config, paths: RunPaths, teacher: DiffusionTeacher,
     if resume:
         trainer.resume()
     trainer.fit(stop_requested, on_log)
-    field = trainer.field.eval()
+    field = trainer.output_field().eval()
     write_video(field, config, paths)
     write_meshes(field, config, paths, config.export.formats)
     return trainer

@@ -47,6 +47,13 @@ class TrainerSpec:
     val_resolution: int = field(default=128, metadata={"range": (8, 4096)})
     checkpoint_every: int = field(default=1000, metadata={"range": (1, None)})
     keep_checkpoints: int = field(default=2, metadata={"range": (1, None)})
+    # What validation, the video and the meshes show: with ema_decay > 0, an exponential moving average
+    # of the field's parameters, copied from the field up to ema_start_step and then averaged with this
+    # decay per step (about 1 / (1 - decay) steps); it smooths the oscillation of a two-player
+    # distillation (the render against its fake score) as SiD's and DMD's EMA of the generator does.
+    # 0: the last step's field.
+    ema_decay: float = field(default=0.0, metadata={"range": (0.0, 0.9999)})
+    ema_start_step: int = field(default=0, metadata={"range": (0, None)})
     # Bit-exact reruns and resumes (torch.use_deterministic_algorithms); costs some speed, mostly on CUDA.
     deterministic: bool = True
 

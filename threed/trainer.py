@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from guidance.distillation import GuidanceOutput, ScoreDistillation, ViewBatch
@@ -24,7 +25,7 @@ from nerf.renderer import render_rays
 from nerf.shading import Lighting, sample_shading_mode
 from threed.cameras import sample_cameras
 from threed.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_atomic
-from threed.config import Config, OptimSpec
+from threed.config import Config, OptimSpec, TrainerSpec
 from threed.errors import NonFiniteLossError
 from threed.regularizers import regularizer_losses
 from threed.runs import RunPaths
@@ -38,6 +39,24 @@ def make_optimizer(field: RadianceField, background: Background, spec: OptimSpec
     networks = [p for name, p in field.named_parameters() if not name.startswith("encoding.")] + list(background.parameters())
     groups = [{"params": field.encoding.parameters(), "lr": spec.lr_encoding}, {"params": networks, "lr": spec.lr_networks}]
     return torch.optim.Adam(groups, betas=tuple(spec.betas), eps=spec.eps)
+
+
+def make_ema(field: RadianceField, spec: TrainerSpec) -> EMAModel | None:
+    """The moving average of the field's parameters that ``trainer.ema_decay`` asks for (None at 0):
+    a copy of them up to step ``ema_start_step + 1``, then decayed by ``ema_decay`` at every step."""
+    if spec.ema_decay == 0.0:
+        return None
+    return EMAModel(field.parameters(), decay=spec.ema_decay, min_decay=spec.ema_decay, update_after_step=spec.ema_start_step)
+
+
+def with_averaged_parameters(field: RadianceField, ema: EMAModel | None) -> RadianceField:
+    """A new field with ``field``'s buffers (its occupancy grid) and the EMA's parameters; ``field`` itself without an EMA."""
+    if ema is None:
+        return field
+    averaged = RadianceField(field.spec).to(field.encoding.table.device)
+    averaged.load_state_dict(field.state_dict())
+    ema.copy_to(averaged.parameters())
+    return averaged
 
 
 @dataclasses.dataclass
@@ -81,6 +100,7 @@ class Trainer:
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
                                           config.teacher.guidance_scale, config.views).to(device)
         self.optimizer = make_optimizer(self.field, self.background, config.optim)
+        self.ema = make_ema(self.field, config.trainer)
         groups = self.guidance.parameter_groups()
         self.guidance_optimizer = torch.optim.AdamW(groups, weight_decay=0.0) if groups else None
         self.generator = torch.Generator(device).manual_seed(config.seed)
@@ -94,7 +114,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"step": self.step, "field": self.field.state_dict(), "background": self.background.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "guidance": self.guidance.trainable_state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None, "guidance": self.guidance.trainable_state_dict(),
                 "guidance_optimizer": self.guidance_optimizer.state_dict() if self.guidance_optimizer else None,
                 "generator": self.generator.get_state(), "training_s": self.training_seconds()}
 
@@ -103,6 +123,8 @@ class Trainer:
         self.field.load_state_dict(state["field"])
         self.background.load_state_dict(state["background"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema and state.get("ema"):  # a checkpoint without one (older, or trained without) starts it afresh
+            self.ema.load_state_dict(state["ema"])
         self.guidance.load_trainable_state_dict(state["guidance"])
         if self.guidance_optimizer:
             self.guidance_optimizer.load_state_dict(state["guidance_optimizer"])
@@ -140,10 +162,16 @@ class Trainer:
         out = self.guidance(views, self.step, self.generator)
         generator_losses = {**out.generator_losses, **regularizer_losses(render, self.config.regularizers, self.step)}
         self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]])
+        if self.ema:
+            self.ema.step(self.field.parameters())
         self._update_guidance(out, views)
         self.step += 1
         losses = {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
         return StepResult(losses, out.diagnostics)
+
+    def output_field(self) -> RadianceField:
+        """The field that validation, the video and the meshes show: the EMA's (``trainer.ema_decay``) or the live one."""
+        return with_averaged_parameters(self.field, self.ema)
 
     def _update_guidance(self, out: GuidanceOutput, views: ViewBatch) -> None:
         """Steps the fake score and discriminator on this step's losses, then on fresh ones as often as
@@ -216,5 +244,5 @@ class Trainer:
 
     def save_validation(self) -> None:
         spec = self.config.trainer
-        save_validation_strip(self.field, self.config.render, self.config.background.color, self.config.video,
+        save_validation_strip(self.output_field(), self.config.render, self.config.background.color, self.config.video,
                               spec.val_views, spec.val_resolution, self.paths.validation / f"step{self.step:07d}.png")
