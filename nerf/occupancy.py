@@ -52,5 +52,9 @@ class OccupancyGrid(nn.Module):
         points = ((cells + jitter) / resolution - 0.5) * (2 * self.radius)
         seen = density_fn(points).reshape(self.density.shape)
         self.density = torch.where(torch.isinf(self.density), seen, torch.maximum(self.density * self.spec.decay, seen))
-        dense_enough = self.density > torch.clamp(self.density.mean(), max=self.spec.threshold)
-        self.occupied = F.max_pool3d(dense_enough[None, None].float(), 3, stride=1, padding=1)[0, 0].bool()
+        self.occupied = self.occupied_cells(self.spec.threshold)
+
+    def occupied_cells(self, threshold: float) -> torch.Tensor:
+        """bool [R, R, R]: the cells whose density is above ``min(threshold, mean)``, and their neighbours."""
+        dense_enough = self.density > torch.clamp(self.density.mean(), max=threshold)
+        return F.max_pool3d(dense_enough[None, None].float(), 3, stride=1, padding=1)[0, 0].bool()

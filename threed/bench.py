@@ -2,6 +2,7 @@
 
     python -m threed.bench render [--samples-per-ray 64] [--repeats 2]
     python -m threed.bench teacher [--repeats 3]
+    python -m threed.bench occupancy [--config configs/shapeworld.yaml] [--thresholds 0.01,0.4] [--every 100] [key.path=value ...]
 
 ``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
 with dense sampling and with empty-space skipping at the same sample spacing, on a field with
@@ -11,6 +12,11 @@ ProlificDreamer's hash grid whose occupied volume is a sphere of radius 0.35 in 
 ``teacher``: milliseconds for one training step of the ShapeWorld teacher (the ``small``
 architecture, a batch of 32: ``TeacherTrainer.train_step``) and for one classifier-free-guided U-Net
 call for 8 images (a batch of 16, conditional and unconditional), each in float32 and under bfloat16 autocast (fast only on CPUs with AMX).
+
+``occupancy``: trains a config's run and, every ``--every`` steps, renders a few of its
+training views with the occupancy grid thresholded at each of ``--thresholds`` (the same grid
+densities, so the same run): the samples evaluated per view and the milliseconds of a view's
+forward plus backward pass. The run itself keeps its config's threshold.
 """
 from __future__ import annotations
 
@@ -23,12 +29,16 @@ from pathlib import Path
 
 import torch
 
+from guidance.teacher import DiffusionTeacher
 from nerf.field import FieldSpec, RadianceField
 from nerf.hashgrid import HashGridEncoding, HashGridSpec
 from nerf.occupancy import OccupancyGrid
 from nerf.renderer import RenderSpec, render_rays
-from threed.cameras import make_cameras
+from threed.cameras import make_cameras, sample_cameras
+from threed.config import load_config
+from threed.runs import create_run
 from threed.train_teacher import ARCHITECTURES, TeacherTrainer
+from threed.trainer import Trainer
 
 SPHERE_RADIUS = 0.35
 
@@ -111,6 +121,43 @@ def bench_teacher(repeats: int) -> dict:
     return result
 
 
+def bench_occupancy(config_path: str, overrides: list[str], thresholds: list[float], every: int, views: int) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as outputs:
+        config = load_config(config_path, [*overrides, f"outputs={outputs}"])
+        trainer = Trainer(config, create_run(config.outputs, config.name, config.prompt),
+                          DiffusionTeacher.from_pretrained(config.teacher, device))
+        occupancy = trainer.field.occupancy
+        evaluated = []
+        trainer.field.register_forward_hook(lambda module, inputs, output: evaluated.append(len(inputs[0])))
+        result = {"device": f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+                  "config": config_path, "steps": {}}
+        while trainer.step < config.trainer.max_steps:
+            for _ in range(min(every, config.trainer.max_steps - trainer.step)):
+                trainer.training_step()
+            generator = torch.Generator(device).manual_seed(trainer.step)
+            cameras = [sample_cameras(config.camera, generator, trainer.step) for _ in range(views)]
+            run_occupied, per_threshold = occupancy.occupied, {}
+            for threshold in thresholds:
+                occupancy.occupied = occupancy.occupied_cells(threshold)
+                evaluated.clear()
+                ms = timed_ms(lambda: render_views_backward(trainer, cameras), 1, device) / views
+                per_threshold[str(threshold)] = {"samples_per_view": round(sum(evaluated[-views:]) / views), "ms_per_view": round(ms, 1)}
+            occupancy.occupied = run_occupied
+            result["steps"][str(trainer.step)] = per_threshold
+        return result
+
+
+def render_views_backward(trainer: Trainer, cameras: list) -> None:
+    """Each view's forward and backward pass through the trainer's field (gradients discarded)."""
+    for view in cameras:
+        rays = view.rays()
+        render = render_rays(trainer.field, rays, trainer.render_spec, torch.Generator(rays.origins.device).manual_seed(0),
+                             trainer.field.occupancy, background=torch.ones_like(rays.origins))
+        render.rgb.sum().backward()
+        trainer.field.zero_grad(set_to_none=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,8 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     render.add_argument("--repeats", type=int, default=2)
     teacher = commands.add_parser("teacher", help="ShapeWorld teacher training and sampling speed, fp32 and bf16")
     teacher.add_argument("--repeats", type=int, default=3)
+    occupancy = commands.add_parser("occupancy", help="samples and render time of a real run at several occupancy thresholds")
+    occupancy.add_argument("--config", default="configs/shapeworld.yaml")
+    occupancy.add_argument("--thresholds", default="0.01,0.4", help="comma-separated densities")
+    occupancy.add_argument("--every", type=int, default=100, help="training steps between measurements")
+    occupancy.add_argument("--views", type=int, default=4, help="training views rendered per measurement")
+    occupancy.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     args = parser.parse_args(argv)
-    run = {"render": lambda: bench_render(args.samples_per_ray, args.repeats), "teacher": lambda: bench_teacher(args.repeats)}
+    run = {"render": lambda: bench_render(args.samples_per_ray, args.repeats), "teacher": lambda: bench_teacher(args.repeats),
+           "occupancy": lambda: bench_occupancy(args.config, args.overrides, [float(t) for t in args.thresholds.split(",")],
+                                                args.every, args.views)}
     print(json.dumps(run[args.command]()))
 
 
