@@ -118,3 +118,16 @@ def test_fake_score_takes_as_many_updates_per_step_as_asked(fast_overrides):
         return {int(state["step"]) for state in optimizer.state.values()}
 
     assert steps_taken(trainer.guidance_optimizer) == {3} and steps_taken(trainer.optimizer) == {1}
+
+
+def test_learning_rates_follow_their_scale_ramp(fast_overrides):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "optim.lr_encoding=0.02", "optim.lr_networks=0.004",
+                                               "optim.lr_scale={start: 1.0, end: 0.5, start_step: 1, end_step: 3}"])
+    trainer = make_trainer(config)
+    learning_rates = []
+    for _ in range(4):
+        trainer.training_step()
+        learning_rates += [group["lr"] for group in trainer.optimizer.param_groups]
+    # Steps 0 to 3 are taken at scales 1, 1, 0.75 and 0.5 of each group's own rate.
+    expected = [lr * scale for scale in (1.0, 1.0, 0.75, 0.5) for lr in (0.02, 0.004)]
+    assert learning_rates == pytest.approx(expected)

@@ -36,6 +36,9 @@ class OptimSpec:
     lr_networks: float = field(default=0.001, metadata={"range": (0.0, None)})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = field(default=1e-15, metadata={"range": (0.0, None)})
+    # A factor on both learning rates, by step: {start: 1.0, end: 0.1, start_step: 150, end_step: 300}
+    # decays them to a tenth over the run's second half.
+    lr_scale: Ramp = field(default_factory=lambda: Ramp(1.0))
 
 
 @dataclass

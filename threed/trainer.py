@@ -41,6 +41,14 @@ def make_optimizer(field: RadianceField, background: Background, spec: OptimSpec
     return torch.optim.Adam(groups, betas=tuple(spec.betas), eps=spec.eps)
 
 
+def scale_learning_rates(optimizer: torch.optim.Adam, spec: OptimSpec, step: int) -> None:
+    """Sets ``make_optimizer``'s groups to their learning rates times ``spec.lr_scale`` at ``step``
+    (a function of the step alone, so a resumed run needs no scheduler state)."""
+    scale = spec.lr_scale.at(step)
+    for group, lr in zip(optimizer.param_groups, (spec.lr_encoding, spec.lr_networks)):
+        group["lr"] = lr * scale
+
+
 def make_ema(field: RadianceField, spec: TrainerSpec) -> EMAModel | None:
     """The moving average of the field's parameters that ``trainer.ema_decay`` asks for (None at 0):
     a copy of them up to step ``ema_start_step + 1``, then decayed by ``ema_decay`` at every step."""
@@ -161,6 +169,7 @@ class Trainer:
         views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
         out = self.guidance(views, self.step, self.generator)
         generator_losses = {**out.generator_losses, **regularizer_losses(render, self.config.regularizers, self.step)}
+        scale_learning_rates(self.optimizer, self.config.optim, self.step)
         self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]])
         if self.ema:
             self.ema.step(self.field.parameters())
