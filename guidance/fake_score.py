@@ -26,6 +26,11 @@ CAMERA_DIM = 16  # a flattened 4 x 4 camera-to-world matrix
 @dataclass
 class FakeScoreSpec:
     lora_rank: int = field(default=4, metadata={"range": (1, 512)})
+    # The U-Net modules that get adapters, by the end of their names (peft's target_modules). Stable
+    # Diffusion's attention is at every resolution; a U-Net with attention only at its coarsest
+    # (the ShapeWorld teacher's) needs its ResNet convolutions ("conv1", "conv2") adapted too for the
+    # fake score to follow the renders at full resolution.
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     lr: float = field(default=1e-4, metadata={"range": (0.0, None)})
     camera_condition: bool = True
     condition_drop: float = field(default=0.1, metadata={"range": (0.0, 1.0)})  # camera dropped this often
@@ -48,7 +53,7 @@ class FakeScore(nn.Module):
         self.spec, self.teacher = spec, teacher
         self.unet = teacher.unet if spec.share_unet else copy.deepcopy(teacher.unet)
         self.unet.add_adapter(LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_rank, init_lora_weights="gaussian",
-                                         target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=ADAPTER)
+                                         target_modules=spec.lora_targets), adapter_name=ADAPTER)
         for parameter in self.lora_parameters():
             parameter.data = parameter.data.float()
         self.camera_embedding = self._zero_camera_embedding() if spec.camera_condition else None

@@ -131,3 +131,16 @@ def test_learning_rates_follow_their_scale_ramp(fast_overrides):
     # Steps 0 to 3 are taken at scales 1, 1, 0.75 and 0.5 of each group's own rate.
     expected = [lr * scale for scale in (1.0, 1.0, 0.75, 0.5) for lr in (0.02, 0.004)]
     assert learning_rates == pytest.approx(expected)
+
+
+def test_fake_score_adapts_the_modules_it_is_asked_to(fast_overrides):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=vsd", "guidance.fake_score.lr=0.01",
+                                               "guidance.fake_score.lora_targets=[to_q,conv1]"])
+    trainer = make_trainer(config)
+    lora = {n: p.detach().clone() for n, p in trainer.guidance.fake_score.unet.named_parameters() if ".fake_score." in n}
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in lora} == {"to_q", "conv1"}
+    assert any("resnets" in n for n in lora)
+    for _ in range(2):
+        trainer.training_step()
+    after = dict(trainer.guidance.fake_score.unet.named_parameters())
+    assert all(not torch.equal(lora[n], after[n]) for n in lora if "resnets" in n)  # the convolutions' adapters train
