@@ -25,7 +25,7 @@ import torch
 from guidance.distillation import ESTIMATORS
 from guidance.divergences import DIVERGENCES
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
-from threed.artifacts import write_meshes, write_video
+from threed.artifacts import export_outputs
 from threed.cameras import turntable_cameras
 from threed.compare import USES_DIVERGENCE, Method, compare, parse_methods, parse_seeds
 from threed.config import Config, load_config, override, save_config
@@ -126,9 +126,7 @@ class DemoRunner:
                 updates.put((record, preview))
 
             trainer.fit(self.stop_event.is_set, on_log)
-            field = trainer.output_field().eval()
-            write_video(field, config, paths)
-            write_meshes(field, config, paths, sorted(set(config.export.formats) | {"glb"}))
+            export_outputs(trainer, config, paths, sorted(set(config.export.formats) | {"glb"}))
             updates.put(FINISHED)
         except Exception as error:  # reported in the page
             updates.put(error)

@@ -63,7 +63,12 @@ def train_and_export(config: Config, paths: RunPaths, teacher: DiffusionTeacher,
     if resume:
         trainer.resume()
     trainer.fit(stop_requested, on_log)
+    export_outputs(trainer, config, paths, config.export.formats)
+    return trainer
+
+
+def export_outputs(trainer: Trainer, config: Config, paths: RunPaths, formats: list[str]) -> None:
+    """The turntable video and the meshes (in ``formats``) of the trainer's output field."""
     field = trainer.output_field().eval()
     write_video(field, config, paths)
-    write_meshes(field, config, paths, config.export.formats)
-    return trainer
+    write_meshes(field, config, paths, formats)

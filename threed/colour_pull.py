@@ -2,10 +2,10 @@
 
     python -m threed.colour_pull RUN_DIR [--steps 50,100,150] [--views 12] [--seed 1]
 
-For each checkpointed step: the mean colour of the object pixels (a channel below 0.7) of training
-views rendered from that checkpoint, the teacher's and the fake score's one-step x0-predictions of
-those views noised at a t of the step's range, and the mean descent direction of the generator's
-distillation loss on those pixels (the negated gradient, scaled so its largest channel is 1). A
+For each checkpointed step: the mean colour of the object pixels (a channel below 0.7, as the
+teacher's colour error counts them) of training views rendered from that checkpoint, the teacher's
+and the fake score's one-step x0-predictions of those views noised at a t of the step's range, and
+the mean descent direction of the generator's distillation loss on those pixels (the negated gradient, scaled so its largest channel is 1). A
 fake score that trails the renders predicts the colour they had earlier; where it lies beyond the
 teacher's prediction, the gradient pushes the renders on, away from the teacher (BENCHMARKS.md).
 Pixel-space teachers only (ShapeWorld).
@@ -24,10 +24,8 @@ from threed.cameras import sample_cameras
 from threed.checkpoint import checkpoint_path, load_checkpoint
 from threed.config import load_config
 from threed.runs import existing_run
+from threed.teacher_quality import object_pixels
 from threed.trainer import Trainer
-
-OBJECT_BELOW = 0.7  # a pixel with a channel below this is the object's, as in threed.teacher_quality
-
 
 def _view(trainer: Trainer, step: int, generator: torch.Generator) -> ViewBatch:
     cameras = sample_cameras(trainer.config.camera, generator, step)
@@ -68,7 +66,7 @@ def colour_pull(trainer: Trainer, step: int, views: int, seed: int) -> dict:
             seen, teacher_x0, fake_x0 = _x0_predictions(trainer, view, step, generator)
         for name, pixels, reference in (("render", view.images.detach(), view.images), ("descent", -view.images.grad, view.images),
                                         ("teacher_x0", teacher_x0, seen), ("fake_x0", fake_x0, seen)):
-            inside = (reference.detach() < OBJECT_BELOW).any(dim=-1)  # [B, H, W] the object's pixels
+            inside = object_pixels(reference.detach())  # [B, H, W]
             sums[name] += pixels[inside].mean(dim=0) if inside.any() else 0.0
     descent = sums.pop("descent")
     entry = {name: [round(float(v) / views, 4) for v in total] for name, total in sums.items()}

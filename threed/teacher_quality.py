@@ -212,13 +212,19 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
     return {"n_images": len(images), "loss_by_timestep": report}
 
 
+def object_pixels(pixels: torch.Tensor, white_margin: float = 0.3) -> torch.Tensor:
+    """pixels [..., 3] in [0, 1] on white -> [...] bool: the object's pixels, those with a channel below
+    1 - ``white_margin``."""
+    return pixels.min(dim=-1).values < 1.0 - white_margin
+
+
 def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, float, float],
                                   white_margin: float = 0.3) -> float:
     """images [N, 3, H, W] in [0, 1] on white -> the distance between the chromaticity of the mean
-    colour of their object pixels (a channel below 1 - ``white_margin``) and the albedo's: the
-    evaluator's colour error, measured on images."""
+    colour of their object pixels (``object_pixels``) and the albedo's: the evaluator's colour error,
+    measured on images."""
     pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
-    foreground = pixels[pixels.min(dim=1).values < 1.0 - white_margin]
+    foreground = pixels[object_pixels(pixels, white_margin)]
     if len(foreground) == 0:
         raise ValueError("the images are all white: no object pixels to measure")
     return chromaticity_error(foreground.mean(dim=0).double().numpy(), albedo)
