@@ -14,7 +14,8 @@ def test_reports_the_pull_at_each_checkpointed_step(tmp_path):
     report = colour_pull_report(str(run), [1, 3], views=2, seed=0)
     assert set(report["steps"]) == {"1", "3"}
     for entry in report["steps"].values():
-        assert set(entry) == {"render", "teacher_x0", "fake_x0", "descent_direction"}
+        assert set(entry) == {"render", "teacher_x0", "fake_x0", "descent_direction", "coverage"}
+        assert 0.5 < entry["coverage"] < 2.0  # the initial blob is about the size of the true vase
         assert all(0.0 <= value <= 1.0 for value in entry["render"])
         assert max(abs(value) for value in entry["descent_direction"]) == pytest.approx(1.0)
     assert report["steps"]["1"]["render"] != report["steps"]["3"]["render"]  # each step's own field

@@ -1,4 +1,4 @@
-"""Which way a run's distillation pulls the object's colour, at its checkpoints (JSON).
+"""Which way a run's distillation pulls the object's colour, and how big its object is, at its checkpoints (JSON).
 
     python -m threed.colour_pull RUN_DIR [--steps 50,100,150] [--views 12] [--seed 1]
 
@@ -20,20 +20,25 @@ import torch
 from guidance.distillation import ViewBatch
 from guidance.teacher import DiffusionTeacher
 from nerf.renderer import render_rays
-from threed.cameras import sample_cameras
+from threed.cameras import CameraBatch, sample_cameras
 from threed.checkpoint import checkpoint_path, load_checkpoint
 from threed.config import load_config
 from threed.runs import existing_run
+from threed.shapeworld import is_canon_prompt, parse_prompt, render_shape_with_mask
 from threed.teacher_quality import object_pixels
 from threed.trainer import Trainer
 
-def _view(trainer: Trainer, step: int, generator: torch.Generator) -> ViewBatch:
+
+def _view(trainer: Trainer, step: int, generator: torch.Generator) -> tuple[ViewBatch, torch.Tensor, CameraBatch]:
+    """Training views rendered at ``step``: the batch (images needing a gradient), their opacity
+    [B, H, W] and their cameras."""
     cameras = sample_cameras(trainer.config.camera, generator, step)
     rays = cameras.rays()
     background = trainer.background(rays.directions, len(cameras), generator)
     render = render_rays(trainer.field, rays, trainer.render_spec, generator, trainer.field.occupancy, None, background)
-    images = render.as_images(len(cameras), cameras.height, cameras.width).rgb.detach().requires_grad_(True)
-    return ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
+    render = render.as_images(len(cameras), cameras.height, cameras.width)
+    images = render.rgb.detach().requires_grad_(True)
+    return ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w), render.opacity[..., 0].detach(), cameras
 
 
 def _x0_predictions(trainer: Trainer, views: ViewBatch, step: int,
@@ -58,8 +63,13 @@ def colour_pull(trainer: Trainer, step: int, views: int, seed: int) -> dict:
         raise ValueError("colour_pull needs a pixel-space teacher and a fake score (a VSD or Uni-Instruct run)")
     generator = torch.Generator(trainer.device).manual_seed(seed)
     sums = {name: torch.zeros(3, device=trainer.device) for name in ("render", "teacher_x0", "fake_x0", "descent")}
+    canon = parse_prompt(trainer.config.prompt) if is_canon_prompt(trainer.config.prompt) else None
+    object_area, true_area = 0.0, 0.0
     for _ in range(views):
-        view = _view(trainer, step, generator)
+        view, opacity, cameras = _view(trainer, step, generator)
+        if canon is not None:
+            object_area += float((opacity >= 0.5).sum())
+            true_area += float(render_shape_with_mask(*canon, cameras)[1].sum())
         out = trainer.guidance(view, step, generator)
         sum(out.generator_losses.values()).backward(inputs=[view.images])
         with torch.no_grad():
@@ -71,6 +81,8 @@ def colour_pull(trainer: Trainer, step: int, views: int, seed: int) -> dict:
     descent = sums.pop("descent")
     entry = {name: [round(float(v) / views, 4) for v in total] for name, total in sums.items()}
     entry["descent_direction"] = [round(float(v), 3) for v in descent / descent.abs().max().clamp_min(1e-30)]
+    if canon is not None:
+        entry["coverage"] = round(object_area / max(true_area, 1.0), 4)
     return entry
 
 
