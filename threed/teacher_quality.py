@@ -6,7 +6,7 @@ The bar of shapeworld.md is 90% for shape and for colour.
     python -m threed.teacher_quality train-classifier assets/shapeworld-classifier.pt
     python -m threed.teacher_quality evaluate assets/shapeworld-teacher [--per-prompt 4] [--grid samples.png]
     python -m threed.teacher_quality conditioning assets/shapeworld-teacher   # does it read each word?
-    python -m threed.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour bias by guidance
+    python -m threed.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour and size by guidance
     python -m threed.teacher_quality drift assets/shapeworld-teacher --prompt "a red vase"   # ... by guidance and t
 
 The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
@@ -218,6 +218,11 @@ def object_pixels(pixels: torch.Tensor, white_margin: float = 0.3) -> torch.Tens
     return pixels.min(dim=-1).values < 1.0 - white_margin
 
 
+def object_fraction(images: torch.Tensor) -> float:
+    """images [N, 3, H, W] in [0, 1] on white -> the mean fraction of their pixels that are the object's."""
+    return float(object_pixels(images.permute(0, 2, 3, 1)).float().mean())
+
+
 def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, float, float],
                                   white_margin: float = 0.3) -> float:
     """images [N, 3, H, W] in [0, 1] on white -> the distance between the chromaticity of the mean
@@ -235,20 +240,24 @@ def colour_bias_report(pipeline: PixelDiffusionPipeline, prompt: str, guidance_s
                        steps: int, seed: int) -> dict:
     """The colour error of the teacher's samples of ``prompt`` at each guidance scale, next to that of
     the data generator's renders (what the teacher learned from): the colour error below which a
-    distillation at that scale cannot be expected to go."""
+    distillation at that scale cannot be expected to go. Also the size the teacher draws: the mean
+    fraction of object pixels (``object_pixels``) of its samples and of the renders."""
     shape, colour = parse_prompt(prompt)
     cameras = sample_dataset_cameras(n_images, torch.Generator().manual_seed(seed))
     renders = render_shape(shape, colour, cameras).permute(0, 3, 1, 2)
     captions = [caption(shape, colour, VIEWS[k % len(VIEWS)]) for k in range(n_images)]
     pipeline.set_progress_bar_config(disable=True)
-    errors = {}
+    errors, object_fractions = {}, {}
     for scale in guidance_scales:
         images = pipeline(captions, num_inference_steps=steps, guidance_scale=scale,
                           generator=torch.Generator(pipeline.device).manual_seed(seed), output_type="pt").images.cpu()
         errors[str(scale)] = foreground_chromaticity_error(images, ALBEDOS[colour])
+        object_fractions[str(scale)] = object_fraction(images)
     return {"prompt": prompt, "n_images": n_images, "steps": steps, "seed": seed,
             "renders_colour_error": foreground_chromaticity_error(renders, ALBEDOS[colour]),
-            "teacher_colour_error_by_guidance_scale": errors}
+            "teacher_colour_error_by_guidance_scale": errors,
+            "renders_object_fraction": object_fraction(renders),
+            "teacher_object_fraction_by_guidance_scale": object_fractions}
 
 
 @torch.no_grad()
@@ -363,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     conditioning.add_argument("--per-prompt", type=int, default=2, help="fresh renders per prompt")
     conditioning.add_argument("--seed", type=int, default=2)
     conditioning.set_defaults(run=_conditioning_command)
-    colour = commands.add_parser("colour", help="the colour error of the teacher's samples by guidance scale (JSON)")
+    colour = commands.add_parser("colour", help="the colour error and object size of the teacher's samples "
+                                                "by guidance scale (JSON)")
     colour.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
     colour.add_argument("--prompt", required=True, help='a ShapeWorld prompt, e.g. "a red vase"')
     colour.add_argument("--guidance-scales", default="1,1.5,2,3", help="comma-separated")
