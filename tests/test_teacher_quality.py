@@ -90,6 +90,8 @@ def test_colour_command_reports_renders_and_each_guidance_scale(capsys):
     assert report["renders_colour_error"] < 0.05  # the data generator's own renders: the albedo, up to edge pixels
     assert set(report["teacher_colour_error_by_guidance_scale"]) == {"1.0", "2.0"}
     assert 0.1 < report["renders_object_fraction"] < 0.4  # the vase fills about a fifth of a data-set view
+    low, high = report["renders_object_fraction_10_90"]
+    assert low < report["renders_object_fraction"] < high  # two cameras, two sizes
     assert set(report["teacher_object_fraction_by_guidance_scale"]) == {"1.0", "2.0"}
     with pytest.raises(SystemExit, match="not a ShapeWorld prompt"):
         teacher_quality.main(["colour", "assets/shapeworld-teacher", "--prompt", "a hamburger"])

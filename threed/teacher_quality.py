@@ -218,9 +218,9 @@ def object_pixels(pixels: torch.Tensor, white_margin: float = 0.3) -> torch.Tens
     return pixels.min(dim=-1).values < 1.0 - white_margin
 
 
-def object_fraction(images: torch.Tensor) -> float:
-    """images [N, 3, H, W] in [0, 1] on white -> the mean fraction of their pixels that are the object's."""
-    return float(object_pixels(images.permute(0, 2, 3, 1)).float().mean())
+def object_fractions(images: torch.Tensor) -> torch.Tensor:
+    """images [N, 3, H, W] in [0, 1] on white -> [N]: the fraction of each image's pixels that are the object's."""
+    return object_pixels(images.permute(0, 2, 3, 1)).float().flatten(1).mean(1)
 
 
 def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, float, float],
@@ -241,23 +241,27 @@ def colour_bias_report(pipeline: PixelDiffusionPipeline, prompt: str, guidance_s
     """The colour error of the teacher's samples of ``prompt`` at each guidance scale, next to that of
     the data generator's renders (what the teacher learned from): the colour error below which a
     distillation at that scale cannot be expected to go. Also the size the teacher draws: the mean
-    fraction of object pixels (``object_pixels``) of its samples and of the renders."""
+    fraction of object pixels (``object_pixels``) of its samples and of the renders, and the renders'
+    10% and 90% quantiles of it: how much the object's size in the image varies with the data set's
+    camera distance and field of view, which the teacher's captions do not name."""
     shape, colour = parse_prompt(prompt)
     cameras = sample_dataset_cameras(n_images, torch.Generator().manual_seed(seed))
     renders = render_shape(shape, colour, cameras).permute(0, 3, 1, 2)
+    render_fractions = object_fractions(renders)
     captions = [caption(shape, colour, VIEWS[k % len(VIEWS)]) for k in range(n_images)]
     pipeline.set_progress_bar_config(disable=True)
-    errors, object_fractions = {}, {}
+    errors, teacher_fractions = {}, {}
     for scale in guidance_scales:
         images = pipeline(captions, num_inference_steps=steps, guidance_scale=scale,
                           generator=torch.Generator(pipeline.device).manual_seed(seed), output_type="pt").images.cpu()
         errors[str(scale)] = foreground_chromaticity_error(images, ALBEDOS[colour])
-        object_fractions[str(scale)] = object_fraction(images)
+        teacher_fractions[str(scale)] = float(object_fractions(images).mean())
     return {"prompt": prompt, "n_images": n_images, "steps": steps, "seed": seed,
             "renders_colour_error": foreground_chromaticity_error(renders, ALBEDOS[colour]),
             "teacher_colour_error_by_guidance_scale": errors,
-            "renders_object_fraction": object_fraction(renders),
-            "teacher_object_fraction_by_guidance_scale": object_fractions}
+            "renders_object_fraction": float(render_fractions.mean()),
+            "renders_object_fraction_10_90": torch.quantile(render_fractions, torch.tensor([0.1, 0.9])).tolist(),
+            "teacher_object_fraction_by_guidance_scale": teacher_fractions}
 
 
 @torch.no_grad()
