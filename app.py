@@ -20,19 +20,18 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo sends nothing anywhere unless asked to
 
 import gradio as gr
-import torch
 
-from guidance.distillation import ESTIMATORS
 from guidance.divergences import DIVERGENCES
+from guidance.registry import ESTIMATORS
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
-from threed.artifacts import export_outputs
 from threed.cameras import turntable_cameras
-from threed.compare import USES_DIVERGENCE, Method, compare, parse_methods, parse_seeds
-from threed.config import Config, load_config, override, save_config
+from threed.compare import Method, compare, parse_methods, parse_seeds
+from threed.config import Config, load_config, override
 from threed.errors import UserError
-from threed.runs import create_run
-from threed.shapeworld import SHOWCASE_PROMPTS, is_canon_prompt
-from threed.video import render_views
+from threed.evaluation import evaluator_for
+from threed.run import Run
+from threed.shapeworld.evaluator import register_evaluator
+from threed.trainer import Trainer
 
 MAX_PROMPT_CHARS = 200
 MAX_STEPS = 20000
@@ -46,7 +45,6 @@ class DemoRunner:
 
     def __init__(self, config_path: str, overrides: list[str], max_waiting: int = 8):
         self.config_path, self.overrides, self.max_waiting = config_path, overrides, max_waiting
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.default = load_config(config_path, overrides)
         self.stop_event = threading.Event()
         self.device_lock = threading.Lock()  # held by the run (or comparison) using the device
@@ -75,7 +73,7 @@ class DemoRunner:
                     teacher: str) -> Config:
         """The run's config; a gr.Error (shown in the page, no run started) for bad input."""
         check_prompt_and_steps(prompt, steps)
-        method = Method(estimator, divergence if estimator in USES_DIVERGENCE else "")
+        method = Method(estimator, divergence if ESTIMATORS[estimator].uses_divergence else "")
         overrides = [override("prompt", prompt), *method.overrides(self.default), f"trainer.max_steps={int(steps)}",
                      f"seed={int(seed)}", f"camera.height={int(resolution)}", f"camera.width={int(resolution)}",
                      override("teacher.pretrained", teacher.strip() or self.default.teacher.pretrained), "name=app"]
@@ -89,9 +87,7 @@ class DemoRunner:
         config = self.make_config(prompt, estimator, divergence, steps, seed, resolution, teacher)
         yield from self.wait_turn((WAITING, None, None, None, None))
         try:
-            teacher_model = DiffusionTeacher.from_pretrained(config.teacher, self.device)
-            paths = create_run(config.outputs, config.name, config.prompt)
-            save_config(config, paths.config)
+            run, teacher_model = Run.start(config)
         except BaseException as error:  # no run started: the device is free again
             self.device_lock.release()
             if isinstance(error, TeacherNotFoundError):
@@ -99,7 +95,7 @@ class DemoRunner:
             raise
         self.stop_event.clear()
         updates: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, args=(config, paths, teacher_model, updates), daemon=True).start()
+        threading.Thread(target=self._work, args=(run, teacher_model, updates), daemon=True).start()
         preview = None
         try:
             while (item := updates.get()) is not FINISHED:
@@ -110,23 +106,20 @@ class DemoRunner:
         except GeneratorExit:  # the page was closed: end the run rather than train for nobody
             self.stop_event.set()
             raise
+        paths = run.paths
         files = [str(paths.mesh(f)) for f in config.export.formats]
         yield f"Done: {paths.root}", preview, str(paths.video), str(paths.mesh("glb")), files
 
-    def _work(self, config: Config, paths, teacher: DiffusionTeacher, updates: queue.Queue) -> None:
+    def _work(self, run: Run, teacher: DiffusionTeacher, updates: queue.Queue) -> None:
         """Trains and exports in its own thread; gives the device back when done, whatever happened."""
-        from threed.trainer import Trainer
-
         try:
-            trainer = Trainer(config, paths, teacher)
-            cameras = turntable_cameras(config.video, 1, 128, self.device)
+            cameras = turntable_cameras(run.config.video, 1, 128, run.device)
 
-            def on_log(record: dict) -> None:
-                preview = render_views(trainer.output_field(), cameras, config.render, config.background.color)[0]
-                updates.put((record, preview))
+            def on_log(record: dict, trainer: Trainer) -> None:
+                updates.put((record, trainer.output_representation().render_images(cameras)[0]))
 
-            trainer.fit(self.stop_event.is_set, on_log)
-            export_outputs(trainer, config, paths, sorted(set(config.export.formats) | {"glb"}))
+            run.train(teacher, stop_requested=self.stop_event.is_set, on_log=on_log,
+                      formats=sorted(set(run.config.export.formats) | {"glb"}))
             updates.put(FINISHED)
         except Exception as error:  # reported in the page
             updates.put(error)
@@ -178,8 +171,9 @@ def build_demo(runner: DemoRunner) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     prompt = gr.Textbox(label="Prompt", value=default.prompt, max_lines=2)
-                    if is_canon_prompt(default.prompt):  # the ShapeWorld teacher knows "a COLOUR SHAPE" only
-                        gr.Examples([[p] for p in SHOWCASE_PROMPTS], inputs=prompt, label="ShapeWorld prompts")
+                    evaluator = evaluator_for(default.prompt)  # a toy world's teacher knows its own prompts only
+                    if evaluator is not None and evaluator.example_prompts:
+                        gr.Examples([[p] for p in evaluator.example_prompts], inputs=prompt, label="Example prompts")
                     with gr.Row():
                         final_step = default.trainer.max_steps  # the method the config ends on, after any warm start
                         estimator = gr.Dropdown(list(ESTIMATORS), value=default.guidance.estimator_at(final_step), label="Estimator")
@@ -223,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue-size", type=int, default=8, help="runs that may wait for the device; more are told to try later")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = parser.parse_args(argv)
+    register_evaluator()  # ShapeWorld prompts get example buttons and are scored
     demo = build_demo(DemoRunner(args.config, args.overrides, max_waiting=args.queue_size))
     demo.queue(default_concurrency_limit=None)  # the runner queues runs for the device itself
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(Path.cwd())])

@@ -12,13 +12,11 @@ import argparse
 import logging
 import sys
 
-import torch
-
-from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
-from threed.artifacts import load_trained_field, train_and_export, write_meshes, write_video
-from threed.config import EXPORT_FORMATS, load_config, override, save_config
+from guidance.teacher import TeacherNotFoundError
+from threed.config import EXPORT_FORMATS, load_config, override
 from threed.errors import UserError
-from threed.runs import create_run, existing_run
+from threed.run import Run
+from threed.shapeworld.evaluator import register_evaluator
 
 log = logging.getLogger("launch")
 
@@ -53,42 +51,36 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
     return [override(key, value) for key, value in shorthands.items() if value is not None] + args.overrides
 
 
-def run(args: argparse.Namespace) -> None:
+def execute(args: argparse.Namespace) -> None:
     if args.compare:
         from threed.compare import compare, parse_methods, parse_seeds
 
         root = compare(args.config, overrides_from(args), parse_methods(args.methods), parse_seeds(args.seeds))
         log.info("comparison: %s (grid.mp4, grid.png, table.md, table.csv)", root)
         return
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.train:
-        config = load_config(args.config, overrides_from(args))
+        run, teacher = Run.start(load_config(args.config, overrides_from(args)))
     else:
-        paths = existing_run(args.resume or args.test or args.export)
-        config = load_config(paths.config, overrides_from(args))
-    # The teacher loads before a new run folder exists, so a missing teacher leaves no empty run behind.
-    teacher = DiffusionTeacher.from_pretrained(config.teacher, device) if args.train or args.resume else None
-    if args.train:
-        paths = create_run(config.outputs, config.name, config.prompt)
-        save_config(config, paths.config)
-    log.info("run folder: %s (device: %s)", paths.root, device)
-
+        run = Run.open(args.resume or args.test or args.export, overrides_from(args))
+        teacher = run.load_teacher() if args.resume else None
+    log.info("run folder: %s (device: %s)", run.paths.root, run.device)
     if teacher is not None:
-        train_and_export(config, paths, teacher, resume=bool(args.resume))
+        run.train(teacher, resume=bool(args.resume))
     else:
-        field = load_trained_field(config, paths, device)
+        representation = run.trained_representation()
         if args.test:
-            write_video(field, config, paths)
+            run.write_video(representation)
         if args.export:
-            write_meshes(field, config, paths, [args.format] if args.format else config.export.formats)
-    log.info("done: %s", paths.root)
+            run.write_meshes(representation, [args.format] if args.format else run.config.export.formats)
+    log.info("done: %s", run.paths.root)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    register_evaluator()  # ShapeWorld prompts are scored (mesh/shapeworld_score.json)
     try:
-        run(args)
+        execute(args)
     except (UserError, TeacherNotFoundError) as error:
         if args.debug:
             raise

@@ -2,11 +2,8 @@
 score and the discriminator, estimate. Also returns the losses that train the fake score and the
 discriminator.
 
-Time weighting puts every estimator on the scale of its classic form, as a gradient on ``x_0``:
-DI-type estimators (SDS, VSD, f-distill) get ``sigma^3 / alpha`` in score units, i.e. DreamFusion's
-``w(t) = sigma_t^2`` on the noise residual; Uni-Instruct's surrogate gets ``sigma^4 / (2 alpha^2)``,
-which makes its reverse-KL case SiD at alpha = 1/2; SiD is already in x0 units. With
-``normalize_per_sample`` each sample is further divided by SiD's ``mean |x_0 - f_teacher|``.
+Which estimator runs, what it needs and its time weight come from ``guidance.registry``. With
+``normalize_per_sample`` each sample's time weight is further divided by SiD's ``mean |x_0 - f_teacher|``.
 """
 from __future__ import annotations
 
@@ -19,23 +16,22 @@ from torch import nn
 from guidance import estimators
 from guidance.discriminator import DiscriminatorHead, DiscriminatorSpec, adversarial_loss, discriminator_loss
 from guidance.divergences import DIVERGENCES, get_divergence
-from guidance.estimators import NoisedSample, RatioSpec
+from guidance.estimators import EstimatorOptions, NoisedSample, RatioSpec, Scores
 from guidance.fake_score import FakeScore, FakeScoreSpec
 from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index, view_prompt
-from guidance.sample_bank import SampleBankSpec, load_or_sample_bank
+from guidance.registry import ESTIMATOR_NAMES, ESTIMATORS
+from guidance.sample_bank import SampleBankSpec, draw_sample_bank
 from guidance.schedules import Ramp, SwitchSpec
 from guidance.teacher import DiffusionTeacher
 
 T = TypeVar("T")
-ESTIMATORS = ("uni-instruct", "f-distill", "vsd", "sds", "sid")
-NEEDS_FAKE_SCORE = {"uni-instruct", "f-distill", "vsd", "sid"}
-NEEDS_RATIO = {"uni-instruct", "f-distill"}
-QUADRATIC = {"uni-instruct"}
+# (teacher, view prompts, negative prompt, spec) -> the bank [V, N, C, h, w]: drawn, or read from a cache
+BankSource = Callable[[DiffusionTeacher, list[str], str, SampleBankSpec], torch.Tensor]
 
 
 @dataclass
 class GuidanceSpec:
-    estimator: str = field(default="sds", metadata={"choices": ESTIMATORS})
+    estimator: str = field(default="sds", metadata={"choices": ESTIMATOR_NAMES})
     divergence: str = field(default="fkl", metadata={"choices": tuple(DIVERGENCES)})
     alpha_sid: float = 1.2
     switch: SwitchSpec = field(default_factory=SwitchSpec)
@@ -55,7 +51,7 @@ class GuidanceSpec:
             ramp = getattr(self, name)
             if not all(0.0 <= value <= 1.0 for value in (ramp.start, ramp.end) if value is not None):
                 raise ValueError(f"guidance.{name} must stay within [0, 1], got start={ramp.start}, end={ramp.end}")
-        for name, allowed in (("estimator", ESTIMATORS), ("divergence", tuple(DIVERGENCES))):
+        for name, allowed in (("estimator", ESTIMATOR_NAMES), ("divergence", tuple(DIVERGENCES))):
             value = getattr(self.switch, name)
             if value and value not in allowed:
                 raise ValueError(f"switch.{name} = {value!r} is not one of {list(allowed)}")
@@ -71,7 +67,10 @@ class GuidanceSpec:
 
     def uses_discriminator(self) -> bool:
         adversarial = self.adversarial_weight.start > 0 or (self.adversarial_weight.end or 0) > 0
-        return adversarial or bool(self.estimators_used() & NEEDS_RATIO)
+        return adversarial or any(ESTIMATORS[name].uses_divergence for name in self.estimators_used())
+
+    def uses_fake_score(self) -> bool:
+        return self.uses_discriminator() or any(ESTIMATORS[name].needs_fake_score for name in self.estimators_used())
 
 
 def once_per_input(network: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
@@ -112,21 +111,20 @@ class GuidanceOutput:
 
 class ScoreDistillation(nn.Module):
     """The teacher, the prompt's embeddings (computed once) and, as the estimators need them, the
-    LoRA fake score, the discriminator head and the teacher sample bank."""
+    LoRA fake score, the discriminator head and the teacher sample bank (from ``bank_source``)."""
 
     def __init__(self, teacher: DiffusionTeacher, spec: GuidanceSpec, prompt: str, negative_prompt: str,
-                 guidance_scale: Ramp, views: ViewPromptSpec):
+                 guidance_scale: Ramp, views: ViewPromptSpec, bank_source: BankSource = draw_sample_bank):
         super().__init__()
         self.teacher, self.spec, self.guidance_scale, self.views = teacher, spec, guidance_scale, views
         self.prompts = PromptEmbeddings(teacher.embed_text, prompt, negative_prompt, views)
-        needs_fake = bool(spec.estimators_used() & NEEDS_FAKE_SCORE) or spec.uses_discriminator()
-        self.fake_score = FakeScore(teacher, spec.fake_score) if needs_fake else None
+        self.fake_score = FakeScore(teacher, spec.fake_score) if spec.uses_fake_score() else None
         self.discriminator = None
         if spec.uses_discriminator():
             bottleneck_channels = teacher.unet.config.block_out_channels[-1]
-            self.discriminator = DiscriminatorHead(bottleneck_channels, spec.discriminator).to(teacher.alphas_cumprod.device)
+            self.discriminator = DiscriminatorHead(bottleneck_channels, spec.discriminator).to(teacher.device)
             variants = [view_prompt(prompt, v) for v in VIEWS] if views.enabled else [prompt]
-            bank = load_or_sample_bank(teacher, variants, negative_prompt, spec.sample_bank)
+            bank = bank_source(teacher, variants, negative_prompt, spec.sample_bank)
             self.register_buffer("sample_bank", bank, persistent=False)  # [V, N, C, h, w]
         if spec.gradient_checkpointing:
             teacher.unet.enable_gradient_checkpointing()
@@ -164,57 +162,60 @@ class ScoreDistillation(nn.Module):
         low, high = int(self.spec.min_step_percent.at(step) * n), int(self.spec.max_step_percent.at(step) * n)
         return torch.randint(low, max(high, low + 1), (batch,), generator=generator, device=generator.device)
 
-    def forward(self, views: ViewBatch, step: int, generator: torch.Generator) -> GuidanceOutput:
-        """The losses at training step ``step``; generator draws t and eps (on the images' device)."""
+    def noised_sample(self, views: ViewBatch, step: int, generator: torch.Generator) -> tuple[torch.Tensor, NoisedSample]:
+        """The encoded views noised at a t of step ``step``'s range: (t [B], the sample). ``generator``
+        draws t, then eps."""
         x0 = self.teacher.encode(views.images.permute(0, 3, 1, 2)).float()
         t = self.sample_timesteps(x0.shape[0], step, generator)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
-        sample = NoisedSample(x0, eps, alpha, sigma)
+        return t, NoisedSample(x0, eps, alpha, sigma)
+
+    def scores(self, views: ViewBatch, t: torch.Tensor, sigma: torch.Tensor, step: int) -> Scores:
+        """The teacher's guided score (at step ``step``'s scale), the fake score and the discriminator's logit
+        for these views at timesteps t [B]; each network runs once per input however often it is asked."""
         cond, uncond = self.prompts(views.elevation_deg, views.azimuth_deg)
         camera = views.c2w.flatten(1)
-        fake = once_per_input(lambda x_t: self.fake_score.predict(x_t, t, cond, camera))
         scale = self.guidance_scale.at(step)
         teacher_eps = once_per_input(lambda x_t: self.teacher.predict_eps_cfg(x_t, t, cond, uncond, scale))
+        if self.fake_score is None:
+            return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma)
+        fake = once_per_input(lambda x_t: self.fake_score.predict(x_t, t, cond, camera))
+        logit = (lambda x_t: self.discriminator(fake(x_t).bottleneck)) if self.discriminator is not None else None
+        return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma, fake=lambda x_t: -fake(x_t).eps / sigma, logit=logit)
 
-        def teacher_score(x_t: torch.Tensor) -> torch.Tensor:
-            return -teacher_eps(x_t) / sigma
-
-        def fake_score(x_t: torch.Tensor) -> torch.Tensor:
-            return -fake(x_t).eps / sigma
-
-        def logit(x_t: torch.Tensor) -> torch.Tensor:
-            return self.discriminator(fake(x_t).bottleneck)
-
-        name = self.spec.estimator_at(step)
-        weight = self._time_weight(name, sample, teacher_score)
-        divergence = get_divergence(self.spec.divergence_at(step))
-        if name == "sds":
-            loss = estimators.sds(sample, teacher_score, weight)
-        elif name == "vsd":
-            loss = estimators.vsd(sample, teacher_score, fake_score, weight)
-        elif name == "sid":
-            loss = estimators.sid(sample, teacher_score, fake_score, self.spec.alpha_sid, weight)
-        else:
-            estimator = estimators.uni_instruct if name == "uni-instruct" else estimators.f_distill
-            loss = estimator(sample, teacher_score, fake_score, logit, divergence, weight, self.spec.ratio)
-        generator_losses = {name: self.spec.weight.at(step) * loss}
+    def forward(self, views: ViewBatch, step: int, generator: torch.Generator) -> GuidanceOutput:
+        """The losses at training step ``step``; generator draws t and eps (on the images' device)."""
+        t, sample = self.noised_sample(views, step, generator)
+        scores = self.scores(views, t, sample.sigma, step)
+        estimator = ESTIMATORS[self.spec.estimator_at(step)]
+        options = EstimatorOptions(get_divergence(self.spec.divergence_at(step)), self.spec.ratio, self.spec.alpha_sid)
+        weight = self._time_weight(estimator.time_weight, sample, scores.teacher)
+        generator_losses = {estimator.name: self.spec.weight.at(step) * estimator.loss(sample, scores, weight, options)}
         adversarial_weight = self.spec.adversarial_weight.at(step)
         if adversarial_weight > 0:
-            generator_losses["adversarial"] = adversarial_weight * adversarial_loss(logit(sample.x_t))
-        latents = x0.detach()
+            generator_losses["adversarial"] = adversarial_weight * adversarial_loss(scores.logit(sample.x_t))
+        latents = sample.x0.detach()
         auxiliary, diagnostics = self.auxiliary_losses(latents, views, generator) if self.fake_score else ({}, {})
         return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics)
 
-    def _time_weight(self, estimator: str, sample: NoisedSample, teacher_score) -> torch.Tensor:
-        """[B] weights that put each estimator on its classic x0-gradient scale (module docstring)."""
-        alpha, sigma = sample.alpha.flatten(), sample.sigma.flatten()
-        if estimator in QUADRATIC:
-            weight = sigma**4 / (2 * alpha**2)
-        elif estimator == "sid":
-            weight = torch.ones_like(sigma)
-        else:
-            weight = sigma**3 / alpha
+    @torch.no_grad()
+    def x0_predictions(self, views: ViewBatch, step: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a training step at ``step`` sees: the encoded views x_0, and the teacher's (guided) and the
+        fake score's one-step x0-predictions f = (x_t + sigma^2 s(x_t)) / alpha from them noised as
+        ``forward`` noises them; each [B, C, h, w] in teacher space."""
+        t, sample = self.noised_sample(views, step, generator)
+        scores = self.scores(views, t, sample.sigma, step)
+
+        def x0_prediction(score) -> torch.Tensor:
+            return (sample.x_t + sample.sigma**2 * score(sample.x_t)) / sample.alpha
+
+        return sample.x0, x0_prediction(scores.teacher), x0_prediction(scores.fake)
+
+    def _time_weight(self, time_weight, sample: NoisedSample, teacher_score) -> torch.Tensor:
+        """[B] weights that put the estimator on its classic x0-gradient scale (``guidance.registry``)."""
+        weight = time_weight(sample.alpha.flatten(), sample.sigma.flatten())
         if self.spec.normalize_per_sample:
             with torch.no_grad():
                 x_t = sample.x_t.detach()

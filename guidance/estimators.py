@@ -1,9 +1,10 @@
 """Score-distillation estimators of the unified f-divergence family.
 
 Each is a loss whose gradient with respect to the generator's parameters estimates the paper's
-gradient, written against callables (teacher score ``s_q``, fake score ``s_p``, discriminator
-logit ``d``) and the noise process, so the same function runs on U-Nets and on the analytic
-Gaussians of ``guidance.gaussian``. Symbols follow ``shared/design/guidance-math.md``:
+gradient, written against callables (``Scores``: teacher score ``s_q``, fake score ``s_p``,
+discriminator logit ``d``) and the noise process, so the same function runs on U-Nets and on the
+analytic Gaussians of ``guidance.gaussian``. All share one signature,
+``(sample, scores, weight, options) -> loss``, so that ``guidance.registry`` can list them. Symbols follow ``shared/design/guidance-math.md``:
 ``x_t = alpha_t x_0 + sigma_t eps``, ``y = s_p - s_q``, ``r = q_t / p_t = exp(d)``, ``h = f'' r^2``.
 
 Every function returns the batch mean of per-sample losses, each multiplied by its time weight
@@ -21,6 +22,15 @@ from guidance.divergences import Divergence
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # x_t [B, ...] -> score [B, ...]
 Logit = Callable[[torch.Tensor], torch.Tensor]  # x_t [B, ...] -> d [B]
+
+
+@dataclass
+class Scores:
+    """The networks an estimator may query at a noised sample (those it does not need may be None)."""
+
+    teacher: Score  # s_q
+    fake: Score | None = None  # s_p
+    logit: Logit | None = None  # d = log q_t - log p_t
 
 
 @dataclass
@@ -56,6 +66,15 @@ class RatioSpec:
 
 
 EXACT_RATIO = RatioSpec(logit_clamp=None, ratio_clamp=None, normalize=False)
+
+
+@dataclass
+class EstimatorOptions:
+    """The settings some estimators take: the divergence and its ratio (f-family), SiD's alpha."""
+
+    divergence: Divergence | None = None
+    ratio: RatioSpec = field(default_factory=RatioSpec)
+    alpha_sid: float = 1.2
 
 
 def density_ratio(logit: torch.Tensor, spec: RatioSpec) -> torch.Tensor:
@@ -95,34 +114,32 @@ def di_type(sample: NoisedSample, y: torch.Tensor, h: torch.Tensor, weight: torc
     return inject_gradient(sample.x_t, broadcast(weight * h, y) * y)
 
 
-def sds(sample: NoisedSample, teacher_score: Score, weight: torch.Tensor) -> torch.Tensor:
+def sds(sample: NoisedSample, scores: Scores, weight: torch.Tensor, options: EstimatorOptions) -> torch.Tensor:
     """DreamFusion: VSD with the fake score replaced by the conditional score of the drawn noise, -eps / sigma."""
     x_t = sample.x_t.detach()
     with torch.no_grad():
-        y = sample.conditional_score(x_t) - teacher_score(x_t)
+        y = sample.conditional_score(x_t) - scores.teacher(x_t)
     return di_type(sample, y, torch.ones_like(weight), weight)
 
 
-def vsd(sample: NoisedSample, teacher_score: Score, fake_score: Score, weight: torch.Tensor) -> torch.Tensor:
+def vsd(sample: NoisedSample, scores: Scores, weight: torch.Tensor, options: EstimatorOptions) -> torch.Tensor:
     """ProlificDreamer's variational score distillation: Grad(DI) with h = 1 (reverse KL)."""
     x_t = sample.x_t.detach()
     with torch.no_grad():
-        y = fake_score(x_t) - teacher_score(x_t)
+        y = scores.fake(x_t) - scores.teacher(x_t)
     return di_type(sample, y, torch.ones_like(weight), weight)
 
 
-def f_distill(sample: NoisedSample, teacher_score: Score, fake_score: Score, logit: Logit, divergence: Divergence,
-              weight: torch.Tensor, ratio_spec: RatioSpec) -> torch.Tensor:
+def f_distill(sample: NoisedSample, scores: Scores, weight: torch.Tensor, options: EstimatorOptions) -> torch.Tensor:
     """f-distill: Grad(DI) weighted by h(r), the gradient of D_f(q_t || p_t) at this t."""
     x_t = sample.x_t.detach()
     with torch.no_grad():
-        y = fake_score(x_t) - teacher_score(x_t)
-        h, _ = divergence_weights(divergence, density_ratio(logit(x_t), ratio_spec), ratio_spec)
+        y = scores.fake(x_t) - scores.teacher(x_t)
+        h, _ = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio)
     return di_type(sample, y, h, weight)
 
 
-def uni_instruct(sample: NoisedSample, teacher_score: Score, fake_score: Score, logit: Logit, divergence: Divergence,
-                 weight: torch.Tensor, ratio_spec: RatioSpec) -> torch.Tensor:
+def uni_instruct(sample: NoisedSample, scores: Scores, weight: torch.Tensor, options: EstimatorOptions) -> torch.Tensor:
     """Uni-Instruct's surrogate of the expanded f-divergence, Grad(DI) + Grad(SIM):
 
         L = (h(r) - r h'(r)) ||y||^2 - 2 h(r) y^T (s_p(x_t) - grad log p(x_t | x_0))
@@ -130,18 +147,17 @@ def uni_instruct(sample: NoisedSample, teacher_score: Score, fake_score: Score, 
     with autograd through x_t into both scores and the logit (so into r), and through x_0.
     """
     x_t = sample.x_t
-    s_q, s_p = teacher_score(x_t), fake_score(x_t)
+    s_q, s_p = scores.teacher(x_t), scores.fake(x_t)
     y = s_p - s_q
-    h, r_dh = divergence_weights(divergence, density_ratio(logit(x_t), ratio_spec), ratio_spec)
+    h, r_dh = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio)
     surrogate = (h - r_dh) * per_sample(y**2) - 2 * h * per_sample(y * (s_p - sample.conditional_score(x_t)))
     return (weight * surrogate).mean()
 
 
-def sid(sample: NoisedSample, teacher_score: Score, fake_score: Score, alpha_sid: float,
-        weight: torch.Tensor) -> torch.Tensor:
+def sid(sample: NoisedSample, scores: Scores, weight: torch.Tensor, options: EstimatorOptions) -> torch.Tensor:
     """Score identity distillation, in x0-predictions f = (x_t + sigma^2 s(x_t)) / alpha:
 
-        L = (f_q - f_p)^T [(f_q - x_0) - alpha_sid (f_q - f_p)]
+        L = (f_q - f_p)^T [(f_q - x_0) - alpha_sid (f_q - f_p)]     (alpha_sid: ``options.alpha_sid``)
 
     with autograd through x_t (into both scores) and x_0. At alpha_sid = 1/2 it equals
     (sigma^4 / 2) times Uni-Instruct's reverse-KL surrogate.
@@ -151,6 +167,6 @@ def sid(sample: NoisedSample, teacher_score: Score, fake_score: Score, alpha_sid
     def x0_prediction(score: Score) -> torch.Tensor:
         return (x_t + sample.sigma**2 * score(x_t)) / sample.alpha
 
-    f_q, f_p = x0_prediction(teacher_score), x0_prediction(fake_score)
-    surrogate = per_sample((f_q - f_p) * ((f_q - sample.x0) - alpha_sid * (f_q - f_p)))
+    f_q, f_p = x0_prediction(scores.teacher), x0_prediction(scores.fake)
+    surrogate = per_sample((f_q - f_p) * ((f_q - sample.x0) - options.alpha_sid * (f_q - f_p)))
     return (weight * surrogate).mean()

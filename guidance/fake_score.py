@@ -60,7 +60,7 @@ class FakeScore(nn.Module):
 
     def _zero_camera_embedding(self) -> TimestepEmbedding:
         time_embed_dim = self.unet.config.block_out_channels[0] * 4
-        embedding = TimestepEmbedding(CAMERA_DIM, time_embed_dim).to(self.teacher.alphas_cumprod.device)
+        embedding = TimestepEmbedding(CAMERA_DIM, time_embed_dim).to(self.teacher.device)
         nn.init.zeros_(embedding.linear_2.weight)
         nn.init.zeros_(embedding.linear_2.bias)
         return embedding

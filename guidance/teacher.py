@@ -3,6 +3,8 @@
 The same code loads Stable Diffusion (a hub id such as ``stabilityai/stable-diffusion-2-1-base``
 or a local folder, latent space through its VAE) and pixel-space teachers such as the project's
 own (no VAE: renders are only resized). epsilon- and v-prediction U-Nets are both supported.
+``DiffusionTeacher`` is the one owner of the teacher's tokenising, classifier-free guidance and
+sampling: the guidance, the sample bank, the pixel pipeline and the teacher-quality tools use it.
 """
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import hashlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import SchedulerMixin
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
@@ -22,6 +26,14 @@ from guidance.schedules import Ramp
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
+    """prompts: n strings -> token embeddings [n, max_length, D], padded to the tokenizer's
+    ``model_max_length``; differentiable in the text encoder (the teacher's training uses it so)."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
 class TeacherNotFoundError(RuntimeError):
@@ -42,7 +54,7 @@ class DiffusionTeacher(nn.Module):
     """Frozen U-Net, text encoder and (for latent teachers) VAE, with the noise schedule they were trained on."""
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 scheduler: DDPMScheduler, vae: AutoencoderKL | None, name: str = ""):
+                 scheduler: SchedulerMixin, vae: AutoencoderKL | None, name: str = ""):
         super().__init__()
         self.name = name  # the hub id or folder it was loaded from
         self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
@@ -81,6 +93,10 @@ class DiffusionTeacher(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
     @torch.no_grad()
     def fingerprint(self) -> str:
         """A short hash of the U-Net's and text encoder's weights: changes whenever the weights do, so
@@ -105,9 +121,7 @@ class DiffusionTeacher(nn.Module):
     @torch.no_grad()
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
         """prompts: n strings -> token embeddings [n, max_length, cross_attention_dim]."""
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.alphas_cumprod.device))[0]
+        return encode_text(self.tokenizer, self.text_encoder, prompts)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images: [B, 3, H, W] in [0, 1] -> clean teacher-space samples x_0 [B, C, h, w] (differentiable)."""
@@ -155,3 +169,30 @@ class DiffusionTeacher(nn.Module):
         eps = self.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, uncond: torch.Tensor, steps: int, guidance_scale: float,
+               generator: torch.Generator, on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
+        """cond, uncond: [n, L, D] -> clean teacher-space samples x_0 [n, C, h, w] (float32), by DDIM with
+        ``steps`` steps on the teacher's noise schedule (and its sampler's timestep spacing and clipping),
+        classifier-free guided at ``guidance_scale``. ``generator`` draws the initial noise on its device;
+        ``on_step`` is called after every step (progress bars)."""
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, prediction_type="epsilon")  # we pass eps
+        scheduler.set_timesteps(steps, device=cond.device)
+        config = self.unet.config
+        x = torch.randn(cond.shape[0], config.in_channels, config.sample_size, config.sample_size,
+                        generator=generator, device=generator.device).to(cond.device)
+        for t in scheduler.timesteps:
+            eps = self.predict_eps_cfg(x, t.expand(cond.shape[0]), cond, uncond, guidance_scale)
+            x = scheduler.step(eps, t, x).prev_sample
+            on_step()
+        return x.float()
+
+    def sample_images(self, prompts: list[str], negative_prompt: str, steps: int, guidance_scale: float,
+                      generator: torch.Generator) -> torch.Tensor:
+        """One sample per prompt as images [n, 3, H, W] in [0, 1] (pixel-space teachers: no VAE decoding here)."""
+        if self.vae is not None:
+            raise ValueError("sample_images draws pixel-space teachers' images; this teacher is a latent one")
+        cond = self.embed_text(prompts)
+        uncond = self.embed_text([negative_prompt]).expand_as(cond)
+        return (self.sample(cond, uncond, steps, guidance_scale, generator) / 2 + 0.5).clamp(0, 1)

@@ -18,40 +18,24 @@ import torch
 
 from guidance import estimators
 from guidance.divergences import DIVERGENCES, get_divergence
-from guidance.gaussian import GaussianProblem, divergence_gradient, expanded_divergence_gradient, sid_gradient
-
-ESTIMATOR_NAMES = ("uni-instruct", "f-distill", "vsd", "sds", "sid")
+from guidance.gaussian import GaussianProblem
+from guidance.registry import ESTIMATORS
 
 
 def estimator_loss(name: str, problem: GaussianProblem, divergence: str, alpha_sid: float):
-    """The estimator as a function of a NoisedSample, with the problem's exact callables."""
-    div = get_divergence(divergence)
-    scores = dict(teacher_score=problem.teacher_score)
-    exact = dict(**scores, fake_score=problem.fake_score, logit=problem.logit, divergence=div,
-                 ratio_spec=estimators.EXACT_RATIO)
+    """The registered estimator as a function of a NoisedSample, with the problem's exact callables."""
+    scores = estimators.Scores(problem.teacher_score, problem.fake_score, problem.logit)
+    options = estimators.EstimatorOptions(get_divergence(divergence), estimators.EXACT_RATIO, alpha_sid)
 
     def loss(sample, weight):
-        if name == "uni-instruct":
-            return estimators.uni_instruct(sample, weight=weight, **exact)
-        if name == "f-distill":
-            return estimators.f_distill(sample, weight=weight, **exact)
-        if name == "vsd":
-            return estimators.vsd(sample, fake_score=problem.fake_score, weight=weight, **scores)
-        if name == "sds":
-            return estimators.sds(sample, weight=weight, **scores)
-        return estimators.sid(sample, fake_score=problem.fake_score, alpha_sid=alpha_sid, weight=weight, **scores)
+        return ESTIMATORS[name].loss(sample, scores, weight, options)
 
     return loss
 
 
 def reference(name: str, problem: GaussianProblem, divergence: str, alpha_sid: float) -> float:
-    if name == "uni-instruct":
-        return expanded_divergence_gradient(problem, get_divergence(divergence))
-    if name == "f-distill":
-        return divergence_gradient(problem, get_divergence(divergence))
-    if name in ("vsd", "sds"):
-        return divergence_gradient(problem, get_divergence("rkl"))
-    return sid_gradient(problem, alpha_sid)
+    """The exact gradient the estimator is unbiased for (``guidance.registry``)."""
+    return ESTIMATORS[name].reference(problem, get_divergence(divergence), alpha_sid)
 
 
 def monte_carlo(name: str, problem: GaussianProblem, divergence: str, alpha_sid: float, samples: int, seed: int,
@@ -74,7 +58,7 @@ def monte_carlo(name: str, problem: GaussianProblem, divergence: str, alpha_sid:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--estimator", choices=ESTIMATOR_NAMES, required=True)
+    parser.add_argument("--estimator", choices=list(ESTIMATORS), required=True)
     parser.add_argument("--divergence", choices=sorted(DIVERGENCES), default="rkl")
     parser.add_argument("--teacher-var", type=float, default=1.3)
     parser.add_argument("--gen-scale", type=float, default=0.8)

@@ -7,8 +7,9 @@ Samples in empty cells are never evaluated.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -58,3 +59,13 @@ class OccupancyGrid(nn.Module):
         """bool [R, R, R]: the cells whose density is above ``min(threshold, mean)``, and their neighbours."""
         dense_enough = self.density > torch.clamp(self.density.mean(), max=threshold)
         return F.max_pool3d(dense_enough[None, None].float(), 3, stride=1, padding=1)[0, 0].bool()
+
+    @contextmanager
+    def thresholded(self, threshold: float) -> Iterator[None]:
+        """Within the block, cells are occupied by ``threshold`` instead of the spec's (the same densities)."""
+        kept = self.occupied
+        self.occupied = self.occupied_cells(threshold)
+        try:
+            yield
+        finally:
+            self.occupied = kept

@@ -127,12 +127,12 @@ def test_a_shaded_run_with_neural_background_and_regularizers_trains(fast_overri
         "camera.resolution_schedule=[{step: 1, height: 24, width: 24}]",
     ])
     trainer = make_trainer(config)
-    background_before = [p.detach().clone() for p in trainer.background.parameters()]
+    background_before = [p.detach().clone() for p in trainer.representation.background.parameters()]
     for _ in range(2):
         losses = trainer.training_step().losses
         assert set(losses) == {"sds", "sparsity", "opacity", "orientation", "z_variance"}
         assert all(torch.isfinite(v) for v in losses.values())
-    assert all(not torch.equal(a, b) for a, b in zip(background_before, trainer.background.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(background_before, trainer.representation.background.parameters()))
 
 
 def test_the_field_fits_views_of_a_coloured_sphere():

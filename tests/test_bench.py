@@ -1,5 +1,5 @@
 """The occupancy benchmark measures one run at several thresholds."""
-from threed.bench import bench_occupancy
+from threed.tools.bench import bench_occupancy
 
 
 def test_a_higher_occupancy_threshold_evaluates_fewer_samples_of_the_same_run(fast_overrides):

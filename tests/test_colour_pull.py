@@ -1,9 +1,9 @@
-"""threed.colour_pull: which way a run's distillation pulls the colour, read from its checkpoints."""
+"""threed.tools.colour_pull: which way a run's distillation pulls the colour, read from its checkpoints."""
 import pytest
 
 import launch
 from tests.conftest import SHAPEWORLD_TEACHER, overrides_for_fast_runs
-from threed.colour_pull import colour_pull_report
+from threed.tools.colour_pull import colour_pull_report
 
 
 def test_reports_the_pull_at_each_checkpointed_step(tmp_path):

@@ -83,7 +83,7 @@ def test_each_method_runs_as_itself_and_the_configs_own_keeps_its_warm_start():
 
 
 def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overrides, tmp_path, capsys, caplog):
-    from threed import quality_table
+    from threed.tools import quality_table
 
     table = tmp_path / "quality.md"
     args = ["--config", "configs/tiny.yaml", "--methods", "sds,vsd", "--prompts", "a red cube; an orange vase",
@@ -106,7 +106,7 @@ def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overr
 
 
 def test_quality_table_checks_the_prompts_before_training(capsys):
-    from threed import quality_table
+    from threed.tools import quality_table
 
     with pytest.raises(SystemExit, match="not a ShapeWorld prompt"):
         quality_table.main(["--prompts", "a red cube;a hamburger"])

@@ -72,9 +72,10 @@ def test_sid_at_one_half_is_a_scaled_reverse_kl_surrogate():
     problem = BOUNDED_RATIO[0]
     sample = problem.draw(torch.full((1000,), problem.theta, dtype=torch.float64), torch.Generator().manual_seed(0))
     weight = torch.ones(1000, dtype=torch.float64)
-    loss_sid = estimators.sid(sample, problem.teacher_score, problem.fake_score, alpha_sid=0.5, weight=weight)
-    loss_rkl = estimators.uni_instruct(sample, problem.teacher_score, problem.fake_score, problem.logit,
-                                       get_divergence("rkl"), weight, estimators.EXACT_RATIO)
+    scores = estimators.Scores(problem.teacher_score, problem.fake_score, problem.logit)
+    options = estimators.EstimatorOptions(get_divergence("rkl"), estimators.EXACT_RATIO, alpha_sid=0.5)
+    loss_sid = estimators.sid(sample, scores, weight, options)
+    loss_rkl = estimators.uni_instruct(sample, scores, weight, options)
     assert loss_sid.item() == pytest.approx(problem.sigma**4 / 2 * loss_rkl.item(), rel=1e-10)
 
 

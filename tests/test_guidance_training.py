@@ -3,14 +3,15 @@ tiny pipeline; the discriminator learns log-ratios; the sample bank is cached; s
 import pytest
 import torch
 
-from guidance import sample_bank
+from threed import trainer as trainer_module
 from guidance.discriminator import DiscriminatorHead, DiscriminatorSpec, discriminator_loss
 from guidance.distillation import GuidanceSpec
-from guidance.sample_bank import SampleBankSpec, load_or_sample_bank
+from guidance.sample_bank import SampleBankSpec
 from guidance.schedules import Ramp, SwitchSpec
 from guidance.teacher import DiffusionTeacher, TeacherSpec
 from tests.test_trainer import field_and_guidance_snapshot, make_trainer
 from threed.config import load_config
+from threed.trainer import cached_sample_bank
 
 ESTIMATOR_CASES = [
     ("uni-instruct", "fkl", {"uni-instruct", "fake_score", "discriminator"}),
@@ -39,7 +40,7 @@ def test_each_estimator_trains_field_and_guidance_but_not_the_teacher(fast_overr
         else:
             assert result.diagnostics == {}
     field_after, guidance_after, teacher_after = field_and_guidance_snapshot(trainer)
-    assert all(not torch.equal(field_before[n], field_after[n]) for n in ("encoding.table", "density_net.2.weight"))
+    assert all(not torch.equal(field_before[n], field_after[n]) for n in ("field.encoding.table", "field.density_net.2.weight"))
     assert len(guidance_before) == (0 if estimator == "sds" else len(guidance_after))
     assert all(not torch.equal(a, b) for a, b in zip(guidance_before, guidance_after))
     assert all(torch.equal(teacher_before[n], teacher_after[n]) for n in teacher_before)
@@ -52,7 +53,7 @@ def test_adversarial_term_and_gradient_checkpointing(fast_overrides):
                                                    f"guidance.gradient_checkpointing={checkpointing}"])
         trainer = make_trainer(config)
         losses = trainer.training_step().losses
-        return losses, trainer.field.encoding.table.detach().clone()
+        return losses, trainer.representation.field.encoding.table.detach().clone()
 
     losses, table = first_step_gradients(False)
     assert {"uni-instruct", "adversarial"} <= set(losses)
@@ -91,21 +92,21 @@ def test_teacher_sample_bank_is_reused_from_disk(tiny_teacher, tmp_path, monkeyp
     teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=tiny_teacher), torch.device("cpu"))
     spec = SampleBankSpec(samples_per_view=3, steps=2, cache_dir=str(tmp_path))
     prompts = ["a vase, front view", "a vase, back view"]
-    first = load_or_sample_bank(teacher, prompts, "", spec)
+    first = cached_sample_bank(teacher, prompts, "", spec)
     assert first.shape == (2, 3, 4, 16, 16) and torch.isfinite(first).all()
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("the cached bank should have been loaded")
 
-    monkeypatch.setattr(sample_bank, "sample_teacher", no_sampling)
-    torch.testing.assert_close(load_or_sample_bank(teacher, prompts, "", spec), first)
+    monkeypatch.setattr(trainer_module, "draw_sample_bank", no_sampling)
+    torch.testing.assert_close(cached_sample_bank(teacher, prompts, "", spec), first)
     with pytest.raises(AssertionError, match="cached bank"):  # other settings, another key
-        load_or_sample_bank(teacher, prompts, "", SampleBankSpec(samples_per_view=3, steps=3, cache_dir=str(tmp_path)))
+        cached_sample_bank(teacher, prompts, "", SampleBankSpec(samples_per_view=3, steps=3, cache_dir=str(tmp_path)))
     with torch.no_grad():  # retrained weights saved under the same name: the cached bank is stale
         teacher.unet.conv_out.bias.add_(0.01)
     with pytest.raises(AssertionError, match="cached bank"):
-        load_or_sample_bank(teacher, prompts, "", spec)
+        cached_sample_bank(teacher, prompts, "", spec)
 
 
 def test_ramps_and_the_divergence_switch():

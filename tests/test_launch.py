@@ -11,9 +11,8 @@ import trimesh
 import launch
 from tests.conftest import overrides_for_fast_runs
 from threed.checkpoint import list_checkpoints, load_checkpoint
-from threed.artifacts import load_trained_field
 from threed.config import load_config
-from threed.runs import existing_run
+from threed.run import Run
 
 
 def train(overrides: list[str], *extra: str) -> Path:
@@ -71,8 +70,8 @@ def test_the_initial_blob_exports_as_a_closed_ball(finished_run):
 
 def test_training_changes_the_field(finished_run):
     run, _ = finished_run
-    first, last = (load_checkpoint(p, torch.device("cpu"))["field"] for p in list_checkpoints(run / "checkpoints"))
-    assert not torch.equal(first["encoding.table"], last["encoding.table"])
+    first, last = (load_checkpoint(p, torch.device("cpu"))["representation"] for p in list_checkpoints(run / "checkpoints"))
+    assert not torch.equal(first["field.encoding.table"], last["field.encoding.table"])
 
 
 def test_export_and_test_from_a_checkpoint(finished_run):
@@ -97,9 +96,9 @@ def test_a_killed_run_resumes_to_the_same_parameters(finished_run, tmp_path):
     assert launch.main(["--resume", str(stopped)]) == 0
     resumed, uninterrupted = final_checkpoint(stopped), final_checkpoint(run)
     assert resumed["training_s"] > 1000
-    assert resumed["field"].keys() == uninterrupted["field"].keys()
-    for name in uninterrupted["field"]:
-        assert torch.equal(resumed["field"][name], uninterrupted["field"][name]), name
+    assert resumed["representation"].keys() == uninterrupted["representation"].keys()
+    for name in uninterrupted["representation"]:
+        assert torch.equal(resumed["representation"][name], uninterrupted["representation"][name]), name
     for resumed_average, average in zip(resumed["ema"]["shadow_params"], uninterrupted["ema"]["shadow_params"], strict=True):
         assert torch.equal(resumed_average, average)
     metrics = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
@@ -109,10 +108,10 @@ def test_a_killed_run_resumes_to_the_same_parameters(finished_run, tmp_path):
 def test_exports_from_a_checkpoint_show_its_moving_average(finished_run):
     run, _ = finished_run
     state = final_checkpoint(run)
-    field = load_trained_field(load_config(run / "config.yaml"), existing_run(run), torch.device("cpu"))
-    averaged_table = state["ema"]["shadow_params"][0]  # the hash table is the field's first parameter
+    field = Run.open(run).trained_representation().field
+    averaged_table = state["ema"]["shadow_params"][0]  # the hash table is the representation's first parameter
     assert torch.equal(field.encoding.table, averaged_table)
-    assert not torch.equal(averaged_table, state["field"]["encoding.table"])
+    assert not torch.equal(averaged_table, state["representation"]["field.encoding.table"])
 
 
 def test_v_prediction_teacher_trains(fast_overrides, tiny_v_teacher):
@@ -159,7 +158,7 @@ def test_a_killed_vsd_run_resumes_to_the_same_field_and_fake_score(fast_override
     (stopped / "checkpoints" / "step0000004.pt").unlink()
     assert launch.main(["--resume", str(stopped)]) == 0
     resumed, uninterrupted = (load_checkpoint(list_checkpoints(r / "checkpoints")[-1], torch.device("cpu")) for r in (stopped, run))
-    for part in ("field", "guidance"):
+    for part in ("representation", "guidance"):
         flat_resumed, flat_uninterrupted = flatten(resumed[part]), flatten(uninterrupted[part])
         assert flat_resumed.keys() == flat_uninterrupted.keys() and len(flat_resumed) > 0
         for name, value in flat_uninterrupted.items():
@@ -187,7 +186,7 @@ def test_method_configs_complete_a_short_run_on_the_tiny_teacher(config, fast_ov
 
 
 def test_the_shapeworld_evaluator_accepts_an_exported_mesh(finished_run):
-    from threed.shapeworld import evaluate_mesh
+    from threed.shapeworld.evaluator import evaluate_mesh
 
     run, _ = finished_run
     mesh_file = next((run / "mesh").glob("model.*"))  # another test may have re-exported only one format

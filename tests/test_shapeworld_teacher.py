@@ -11,7 +11,7 @@ from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.teacher import DiffusionTeacher, TeacherSpec
 from tests.conftest import overrides_for_fast_runs
 from threed.config import load_config
-from threed.shapeworld import evaluate_mesh
+from threed.shapeworld.evaluator import evaluate_mesh
 
 SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "shapeworld-teacher"
 

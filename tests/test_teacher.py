@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from guidance.distillation import GuidanceSpec, ScoreDistillation, ViewBatch
-from guidance.estimators import NoisedSample, sds
+from guidance.estimators import EstimatorOptions, NoisedSample, Scores, sds
 from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index
 from guidance.schedules import Ramp
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError, TeacherSpec
@@ -54,7 +54,7 @@ def test_sds_gradient_is_the_weighted_noise_residual():
         return 0.5 * x_t
 
     weight = torch.tensor([1.0, 2.0, 3.0])
-    sds(NoisedSample(x0, eps, alpha, sigma), lambda x_t: -teacher_eps(x_t) / sigma, weight).backward()
+    sds(NoisedSample(x0, eps, alpha, sigma), Scores(lambda x_t: -teacher_eps(x_t) / sigma), weight, EstimatorOptions()).backward()
     # Gradient on x_t: w (eps_teacher - eps) / sigma; on x_0, times alpha; batch mean.
     expected = weight.view(3, 1, 1, 1) * alpha * (teacher_eps(alpha * x0 + sigma * eps) - eps) / sigma / 3
     torch.testing.assert_close(x0.grad, expected.detach())

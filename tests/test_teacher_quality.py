@@ -6,8 +6,8 @@ import imageio.v3 as imageio
 import pytest
 import torch
 
-from threed import teacher_quality, train_teacher
-from threed.shapeworld import COLOURS, SHAPES
+from threed.shapeworld import teacher_quality, train_teacher
+from threed.shapeworld.canon import COLOURS, SHAPES
 
 
 def test_the_shipped_classifier_recognises_fresh_renders():

@@ -5,7 +5,7 @@ import torch
 
 from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.teacher import DiffusionTeacher, TeacherSpec
-from threed import train_teacher
+from threed.shapeworld import train_teacher
 
 
 def test_teacher_trains_and_saves_a_loadable_pipeline(tmp_path, monkeypatch):

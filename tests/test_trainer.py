@@ -3,31 +3,17 @@ import torch
 
 from guidance.distillation import GuidanceOutput
 from guidance.teacher import DiffusionTeacher
-from threed.checkpoint import latest_checkpoint, list_checkpoints, save_atomic
+from threed.checkpoint import latest_checkpoint, list_checkpoints
 from threed.config import load_config
 from threed.errors import NonFiniteLossError
-from threed.runs import create_run, prompt_slug
+from threed.run_folder import create_run_folder, prompt_slug
 
 
 def make_trainer(config):
     from threed.trainer import Trainer
 
     teacher = DiffusionTeacher.from_pretrained(config.teacher, torch.device("cpu"))
-    return Trainer(config, create_run(config.outputs, config.name, config.prompt), teacher)
-
-
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    path = tmp_path / "step0000001.pt"
-    save_atomic({"x": torch.ones(3)}, path)
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
-        save_atomic({"x": torch.zeros(3)}, path)
-    assert torch.equal(torch.load(path)["x"], torch.ones(3))
-    assert list(tmp_path.iterdir()) == [path]
+    return Trainer(config, create_run_folder(config.outputs, config.name, config.prompt), teacher)
 
 
 def test_nan_loss_stops_the_run_before_any_checkpoint(fast_overrides, tmp_path):
@@ -59,30 +45,31 @@ def test_prompt_slug_stays_inside_the_outputs_folder(prompt, slug):
 
 
 def test_two_runs_in_the_same_second_get_distinct_folders(tmp_path):
-    first, second = (create_run(tmp_path, "cfg", "a vase") for _ in range(2))
+    first, second = (create_run_folder(tmp_path, "cfg", "a vase") for _ in range(2))
     assert first.root != second.root and first.root.parent == second.root.parent
 
 
 def test_outputs_show_the_moving_average_of_the_field(fast_overrides):
     plain = make_trainer(load_config("configs/tiny.yaml", fast_overrides))
-    assert plain.output_field() is plain.field  # no EMA asked for
+    assert plain.output_representation() is plain.representation  # no EMA asked for
     config = load_config("configs/tiny.yaml", [*fast_overrides, "trainer.ema_decay=0.5", "trainer.ema_start_step=1"])
     trainer = make_trainer(config)
     tables = []
     for _ in range(4):
         trainer.training_step()
-        tables.append(trainer.field.encoding.table.detach().clone())
-    averaged = trainer.output_field()
+        tables.append(trainer.representation.field.encoding.table.detach().clone())
+    averaged = trainer.output_representation().field
+    live = trainer.representation.field
     # A copy of the field up to step 2 (ema_start_step + 1), then halfway towards it at steps 3 and 4.
     torch.testing.assert_close(averaged.encoding.table, 0.5 * (0.5 * tables[1] + 0.5 * tables[2]) + 0.5 * tables[3])
-    assert not torch.equal(averaged.encoding.table, trainer.field.encoding.table)
-    assert torch.equal(averaged.occupancy.occupied, trainer.field.occupancy.occupied)  # the live grid's buffers
-    assert trainer.field.encoding.table.requires_grad and averaged is not trainer.field
+    assert not torch.equal(averaged.encoding.table, live.encoding.table)
+    assert torch.equal(averaged.occupancy.occupied, live.occupancy.occupied)  # the live grid's buffers
+    assert live.encoding.table.requires_grad and averaged is not live
 
 
 def field_and_guidance_snapshot(trainer):
     teacher_base = {n: p.detach().clone() for n, p in trainer.guidance.teacher.unet.named_parameters() if "fake_score" not in n}
-    return ({n: p.detach().clone() for n, p in trainer.field.named_parameters()},
+    return ({n: p.detach().clone() for n, p in trainer.representation.named_parameters()},
             [p.detach().clone() for p in trainer.guidance.trainable_parameters()], teacher_base)
 
 

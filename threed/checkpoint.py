@@ -1,34 +1,27 @@
 """Checkpoints: written atomically, found by step, pruned to the last few."""
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
 
 import torch
 
+from threed.files import save_torch
+
+log = logging.getLogger(__name__)
 PATTERN = "step{:07d}.pt"
-
-
-def save_atomic(state: dict, path: Path) -> None:
-    """Writes ``state`` so that ``path`` is always either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
     return folder / PATTERN.format(step)
 
 
+def save_checkpoint(state: dict, folder: Path, step: int) -> None:
+    save_torch(state, checkpoint_path(folder, step))
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints, oldest first (files being written have a hidden temporary name)."""
     return sorted(folder.glob("step*.pt"))
 
 
@@ -43,4 +36,18 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
+    return upgraded(torch.load(path, map_location=device, weights_only=True))
+
+
+def upgraded(state: dict) -> dict:
+    """A checkpoint of the layout before representations (2026-12-05: "field" and "background" at the top)
+    in today's layout ("representation"); its moving average, of the field alone, cannot be carried over
+    and starts afresh."""
+    if "representation" in state:
+        return state
+    parts = {"field": state.pop("field"), "background": state.pop("background")}
+    state["representation"] = {f"{part}.{key}": value for part, values in parts.items() for key, value in values.items()}
+    if state.get("ema"):
+        log.warning("this checkpoint's moving average (trainer.ema_decay) predates representations: it starts afresh")
+        state["ema"] = None
+    return state

@@ -4,7 +4,7 @@ Every method x seed cell is a run folder under ``<outputs>/compare/<config name>
 named by method and seed (no timestamp), so a second call skips the finished cells and resumes an
 interrupted one from its checkpoint. Then: a turntable grid video and a grid image (rows: methods,
 columns: seeds, each cell labelled) and a table (Markdown and CSV) with each method's wall time,
-the ShapeWorld evaluator's numbers when the prompt is in the canon, and the diversity across seeds
+the numbers of a registered evaluator that knows the prompt (ShapeWorld's, for its canon), and the diversity across seeds
 (mean pairwise Chamfer distance between the seeds' meshes).
 """
 from __future__ import annotations
@@ -24,25 +24,24 @@ import trimesh
 from PIL import Image, ImageDraw
 from scipy.spatial import cKDTree
 
-from guidance.distillation import ESTIMATORS
 from guidance.divergences import DIVERGENCES
-from guidance.teacher import DiffusionTeacher
-from threed.artifacts import train_and_export
-from threed.config import Config, flat_config, load_config, save_config
+from guidance.registry import ESTIMATORS
+from threed.config import Config, flat_config, load_config
 from threed.errors import ConfigError
+from threed.evaluation import evaluator_for
+from threed.files import write_json
 from threed.mesh_metrics import chamfer, surface_samples
-from threed.runs import RunPaths, prompt_slug
-from threed.shapeworld import evaluate_mesh, is_canon_prompt
+from threed.run import Run
+from threed.run_folder import RunPaths, prompt_slug
 from threed.video import write_mp4
 
 log = logging.getLogger(__name__)
-USES_DIVERGENCE = ("uni-instruct", "f-distill")
 
 
 @dataclass(frozen=True)
 class Method:
     estimator: str
-    divergence: str = ""  # for uni-instruct and f-distill
+    divergence: str = ""  # for the estimators that use one (uni-instruct, f-distill)
 
     @property
     def label(self) -> str:
@@ -53,7 +52,7 @@ class Method:
         schedule (a warm start through ``guidance.switch``); any other runs alone from the first step."""
         final_step = base.trainer.max_steps
         is_base_method = self.estimator == base.guidance.estimator_at(final_step) and (
-            self.estimator not in USES_DIVERGENCE or self.divergence == base.guidance.divergence_at(final_step))
+            not ESTIMATORS[self.estimator].uses_divergence or self.divergence == base.guidance.divergence_at(final_step))
         if is_base_method:
             return []
         divergence = [f"guidance.divergence={self.divergence}"] if self.divergence else []
@@ -67,9 +66,10 @@ def parse_methods(text: str) -> list[Method]:
         estimator, _, divergence = item.partition(":")
         if estimator not in ESTIMATORS:
             raise ConfigError(f"--methods: unknown estimator {estimator!r}; use one of {list(ESTIMATORS)}")
-        if estimator in USES_DIVERGENCE and divergence not in DIVERGENCES:
+        uses_divergence = ESTIMATORS[estimator].uses_divergence
+        if uses_divergence and divergence not in DIVERGENCES:
             raise ConfigError(f"--methods: {estimator} needs a divergence, e.g. {estimator}:fkl; one of {list(DIVERGENCES)}")
-        if estimator not in USES_DIVERGENCE and divergence:
+        if not uses_divergence and divergence:
             raise ConfigError(f"--methods: {estimator} takes no divergence (got {item!r})")
         methods.append(Method(estimator, divergence))
     if not methods:
@@ -118,21 +118,17 @@ class Cell:
         return self.paths.mesh(self.config.export.formats[0])
 
 
-def run_cell(cell: Cell, device: torch.device) -> None:
+def run_cell(cell: Cell) -> None:
     """Trains one cell (resuming a partial one) and records its wall time: this call's, plus the
     training time of the interrupted calls before it up to the checkpoint it resumed from, and the
     CPU threads it ran with (wall times of 1- and 2-thread runs are not comparable)."""
     resume = cell.paths.config.is_file()
-    cell.paths.root.mkdir(parents=True, exist_ok=True)
-    save_config(cell.config, cell.paths.config)
     started = time.perf_counter()
-    teacher = DiffusionTeacher.from_pretrained(cell.config.teacher, device)  # per cell: LoRA may share its U-Net
-    trainer = train_and_export(cell.config, cell.paths, teacher, resume=resume)
-    partial = cell.record.with_suffix(".partial")
-    partial.write_text(json.dumps({"method": cell.method.label, "seed": cell.seed,
-                                   "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s,
-                                   "threads": torch.get_num_threads()}))
-    partial.replace(cell.record)
+    run, teacher = Run.start(cell.config, root=cell.paths.root)  # a teacher per cell: LoRA may share its U-Net
+    trainer = run.train(teacher, resume=resume)
+    write_json(cell.record, {"method": cell.method.label, "seed": cell.seed,
+                             "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s,
+                             "threads": torch.get_num_threads()})
 
 
 def plan_cells(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> tuple[Config, Path, list[Cell]]:
@@ -162,13 +158,12 @@ def refuse_stale_cell(cell: Cell) -> None:
 
 def run_missing_cells(cells: list[Cell]) -> None:
     """Trains the cells without a record, resuming a partial one; finished cells are skipped."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for cell in cells:
         if cell.finished():
             log.info("%s seed %d: finished, skipped", cell.method.label, cell.seed)
             continue
         log.info("%s seed %d: training", cell.method.label, cell.seed)
-        run_cell(cell, device)
+        run_cell(cell)
 
 
 def compare(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> Path:
@@ -215,15 +210,15 @@ def diversity(meshes: list[trimesh.Trimesh]) -> float | None:
 
 
 def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Path) -> None:
-    in_canon = is_canon_prompt(prompt)
+    evaluator = evaluator_for(prompt)
     rows = []
     for method in methods:
         mine = [c for c in cells if c.method == method]
         meshes = [trimesh.load(c.mesh, force="mesh") for c in mine]
         row = {"method": method.label, "seeds": len(mine),
                "wall_time_s": np.mean([c.wall_time_s for c in mine])}
-        if in_canon:
-            scores = [evaluate_mesh(mesh, prompt) for mesh in meshes]
+        if evaluator is not None:
+            scores = [evaluator.score(mesh) for mesh in meshes]
             row.update({key: float(np.mean([s[key] for s in scores])) for key in ("chamfer", "iou", "color_error")})
         row["diversity"] = diversity(meshes)
         rows.append(row)

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from nerf.field import RadianceField
 from threed.errors import UserError
+from threed.files import atomic_path
 
 
 class EmptyMeshError(UserError):
@@ -85,8 +86,6 @@ def without_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trim
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
-    """Writes OBJ, GLB or PLY by the file's suffix, via a temporary name so a file is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial" + path.suffix)
-    mesh.export(partial)
-    partial.replace(path)
+    """Writes OBJ, GLB or PLY by the file's suffix, atomically."""
+    with atomic_path(path) as temporary:
+        mesh.export(temporary)

@@ -1,4 +1,4 @@
-"""The distillation loop: sample cameras, render, score with the teacher, step the field.
+"""The distillation loop: sample cameras, render the representation, score with the teacher, step its parameters.
 
 Randomness on the training path (cameras, sample jitter, timesteps, noise) comes from one
 ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly where an
@@ -6,6 +6,7 @@ uninterrupted one would be.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -18,53 +19,64 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from guidance.distillation import GuidanceOutput, ScoreDistillation, ViewBatch
+from guidance.sample_bank import SampleBankSpec, bank_key, draw_sample_bank
 from guidance.teacher import DiffusionTeacher
-from nerf.background import Background
-from nerf.field import RadianceField
-from nerf.renderer import render_rays
-from nerf.shading import Lighting, sample_shading_mode
-from threed.cameras import sample_cameras
-from threed.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_atomic
-from threed.config import Config, OptimSpec, TrainerSpec
+from threed.cameras import CameraBatch, sample_cameras
+from threed.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from threed.config import Config, TrainerSpec
 from threed.errors import NonFiniteLossError
-from threed.regularizers import regularizer_losses
-from threed.runs import RunPaths
+from threed.files import save_torch
+from threed.representation import RenderedViews, Representation
+from threed.run_folder import RunPaths
 from threed.video import save_validation_strip
 
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(field: RadianceField, background: Background, spec: OptimSpec) -> torch.optim.Adam:
-    """Adam with the hash grid at ``lr_encoding`` and the field's and background's networks at ``lr_networks``."""
-    networks = [p for name, p in field.named_parameters() if not name.startswith("encoding.")] + list(background.parameters())
-    groups = [{"params": field.encoding.parameters(), "lr": spec.lr_encoding}, {"params": networks, "lr": spec.lr_networks}]
-    return torch.optim.Adam(groups, betas=tuple(spec.betas), eps=spec.eps)
+def build_representation(config: Config) -> Representation:
+    """The representation a config trains: the hash-grid NeRF."""
+    from threed.nerf_representation import NeRFRepresentation
+
+    return NeRFRepresentation(config.geometry, config.background, config.render, config.regularizers, config.optim)
 
 
-def scale_learning_rates(optimizer: torch.optim.Adam, spec: OptimSpec, step: int) -> None:
-    """Sets ``make_optimizer``'s groups to their learning rates times ``spec.lr_scale`` at ``step``
-    (a function of the step alone, so a resumed run needs no scheduler state)."""
-    scale = spec.lr_scale.at(step)
-    for group, lr in zip(optimizer.param_groups, (spec.lr_encoding, spec.lr_networks)):
+def scale_learning_rates(optimizer: torch.optim.Optimizer, base_lrs: list[float], scale: float) -> None:
+    """Sets each parameter group's learning rate to its base rate times ``scale`` (``optim.lr_scale`` at the
+    step: a function of the step alone, so a resumed run needs no scheduler state)."""
+    for group, lr in zip(optimizer.param_groups, base_lrs):
         group["lr"] = lr * scale
 
 
-def make_ema(field: RadianceField, spec: TrainerSpec) -> EMAModel | None:
-    """The moving average of the field's parameters that ``trainer.ema_decay`` asks for (None at 0):
+def make_ema(representation: Representation, spec: TrainerSpec) -> EMAModel | None:
+    """The moving average of the representation's parameters that ``trainer.ema_decay`` asks for (None at 0):
     a copy of them up to step ``ema_start_step + 1``, then decayed by ``ema_decay`` at every step."""
     if spec.ema_decay == 0.0:
         return None
-    return EMAModel(field.parameters(), decay=spec.ema_decay, min_decay=spec.ema_decay, update_after_step=spec.ema_start_step)
+    return EMAModel(representation.parameters(), decay=spec.ema_decay, min_decay=spec.ema_decay,
+                    update_after_step=spec.ema_start_step)
 
 
-def with_averaged_parameters(field: RadianceField, ema: EMAModel | None) -> RadianceField:
-    """A new field with ``field``'s buffers (its occupancy grid) and the EMA's parameters; ``field`` itself without an EMA."""
+def with_averaged_parameters(representation: Representation, ema: EMAModel | None) -> Representation:
+    """A copy of ``representation`` (its buffers too, e.g. the occupancy grid) with the EMA's parameters;
+    ``representation`` itself without an EMA."""
     if ema is None:
-        return field
-    averaged = RadianceField(field.spec).to(field.encoding.table.device)
-    averaged.load_state_dict(field.state_dict())
+        return representation
+    averaged = copy.deepcopy(representation)
     ema.copy_to(averaged.parameters())
     return averaged
+
+
+def cached_sample_bank(teacher: DiffusionTeacher, prompts: list[str], negative_prompt: str,
+                       spec: SampleBankSpec) -> torch.Tensor:
+    """The teacher sample bank from ``spec.cache_dir`` when one was drawn with the same key, else drawn and saved there."""
+    path = Path(spec.cache_dir).expanduser() / f"{bank_key(teacher, prompts, negative_prompt, spec)}.pt"
+    if path.is_file():
+        log.info("teacher sample bank: loaded %s", path)
+        return torch.load(path, map_location=teacher.device, weights_only=True)
+    bank = draw_sample_bank(teacher, prompts, negative_prompt, spec)
+    save_torch(bank.cpu(), path)
+    log.info("teacher sample bank: saved %s", path)
+    return bank
 
 
 @dataclasses.dataclass
@@ -94,21 +106,20 @@ class MetricsLog:
 
 
 class Trainer:
-    """One run's field, optimiser and guidance. The teacher is loaded by the caller (and may be reused)."""
+    """One run's representation, optimiser and guidance. The teacher is loaded by the caller (and may be reused)."""
 
     def __init__(self, config: Config, paths: RunPaths, teacher: DiffusionTeacher):
-        device = teacher.alphas_cumprod.device
+        device = teacher.device
         self.config, self.paths, self.device = config, paths, device
         torch.manual_seed(config.seed)
         torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
-        self.field = RadianceField(config.geometry).to(device)
-        self.background = Background(config.background).to(device)
-        self.render_spec = dataclasses.replace(config.render,
-                                               normals=config.render.normals or config.regularizers.needs_normals())
+        self.representation = build_representation(config).to(device)
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
-                                          config.teacher.guidance_scale, config.views).to(device)
-        self.optimizer = make_optimizer(self.field, self.background, config.optim)
-        self.ema = make_ema(self.field, config.trainer)
+                                          config.teacher.guidance_scale, config.views, cached_sample_bank).to(device)
+        groups = self.representation.parameter_groups()
+        self.base_lrs = [group["lr"] for group in groups]
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(config.optim.betas), eps=config.optim.eps)
+        self.ema = make_ema(self.representation, config.trainer)
         groups = self.guidance.parameter_groups()
         self.guidance_optimizer = torch.optim.AdamW(groups, weight_decay=0.0) if groups else None
         self.generator = torch.Generator(device).manual_seed(config.seed)
@@ -120,7 +131,7 @@ class Trainer:
         self.session_started = time.perf_counter()
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "field": self.field.state_dict(), "background": self.background.state_dict(),
+        return {"step": self.step, "representation": self.representation.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None, "guidance": self.guidance.trainable_state_dict(),
                 "guidance_optimizer": self.guidance_optimizer.state_dict() if self.guidance_optimizer else None,
@@ -128,10 +139,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
-        self.field.load_state_dict(state["field"])
-        self.background.load_state_dict(state["background"])
+        self.representation.load_state_dict(state["representation"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema and state.get("ema"):  # a checkpoint without one (older, or trained without) starts it afresh
+        if self.ema and state.get("ema"):  # a checkpoint without one (trained without) starts it afresh
             self.ema.load_state_dict(state["ema"])
         self.guidance.load_trainable_state_dict(state["guidance"])
         if self.guidance_optimizer:
@@ -153,34 +163,32 @@ class Trainer:
         self.metrics.drop_after(self.step)
         log.info("resumed from %s (step %d)", found, self.step)
 
+    def render_training_views(self, step: int, generator: torch.Generator,
+                              shading: str | None = None) -> tuple[CameraBatch, RenderedViews, ViewBatch]:
+        """Training step ``step``'s cameras (drawn by ``generator``), their render, and the render as the
+        guidance's view batch; ``shading`` fixes the shading mode (e.g. "albedo") instead of drawing it."""
+        cameras = sample_cameras(self.config.camera, generator, step)
+        rendered = self.representation.render(cameras, generator, shading)
+        return cameras, rendered, ViewBatch(rendered.images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
+
     def training_step(self) -> StepResult:
-        """One step of the field and of the guidance's own parameters."""
-        occupancy = self.field.occupancy
-        if occupancy is not None and self.step % occupancy.spec.update_every == 0:
-            occupancy.update(self.field.density, self.generator)
-        cameras = sample_cameras(self.config.camera, self.generator, self.step)
-        rays = cameras.rays()
-        mode = sample_shading_mode(self.render_spec.shading, self.generator)
-        pixels = cameras.height * cameras.width
-        lighting = None if mode == "albedo" else Lighting(cameras.light_positions.repeat_interleave(pixels, dim=0), mode)
-        background = self.background(rays.directions, len(cameras), self.generator)
-        render = render_rays(self.field, rays, self.render_spec, self.generator, occupancy, lighting, background)
-        images = render.as_images(len(cameras), cameras.height, cameras.width).rgb
-        views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
+        """One step of the representation and of the guidance's own parameters."""
+        self.representation.prepare_step(self.step, self.generator)
+        _, rendered, views = self.render_training_views(self.step, self.generator)
         out = self.guidance(views, self.step, self.generator)
-        generator_losses = {**out.generator_losses, **regularizer_losses(render, self.config.regularizers, self.step)}
-        scale_learning_rates(self.optimizer, self.config.optim, self.step)
+        generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
+        scale_learning_rates(self.optimizer, self.base_lrs, self.config.optim.lr_scale.at(self.step))
         self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]])
         if self.ema:
-            self.ema.step(self.field.parameters())
+            self.ema.step(self.representation.parameters())
         self._update_guidance(out, views)
         self.step += 1
         losses = {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
         return StepResult(losses, out.diagnostics)
 
-    def output_field(self) -> RadianceField:
-        """The field that validation, the video and the meshes show: the EMA's (``trainer.ema_decay``) or the live one."""
-        return with_averaged_parameters(self.field, self.ema)
+    def output_representation(self) -> Representation:
+        """What validation, the video and the meshes show: the EMA's parameters (``trainer.ema_decay``) or the live ones."""
+        return with_averaged_parameters(self.representation, self.ema)
 
     def _update_guidance(self, out: GuidanceOutput, views: ViewBatch) -> None:
         """Steps the fake score and discriminator on this step's losses, then on fresh ones as often as
@@ -248,10 +256,10 @@ class Trainer:
 
     def save_checkpoint(self, nonfinite: torch.Tensor) -> None:
         self._check_finite(nonfinite)
-        save_atomic(self.state_dict(), checkpoint_path(self.paths.checkpoints, self.step))
+        save_checkpoint(self.state_dict(), self.paths.checkpoints, self.step)
         prune_checkpoints(self.paths.checkpoints, self.config.trainer.keep_checkpoints)
 
     def save_validation(self) -> None:
         spec = self.config.trainer
-        save_validation_strip(self.output_field(), self.config.render, self.config.background.color, self.config.video,
-                              spec.val_views, spec.val_resolution, self.paths.validation / f"step{self.step:07d}.png")
+        save_validation_strip(self.output_representation(), self.config.video, spec.val_views, spec.val_resolution,
+                              self.paths.validation / f"step{self.step:07d}.png")

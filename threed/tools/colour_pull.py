@@ -1,6 +1,6 @@
 """Which way a run's distillation pulls the object's colour, and how big its object is, at its checkpoints (JSON).
 
-    python -m threed.colour_pull RUN_DIR [--steps 50,100,150] [--views 12] [--seed 1]
+    python -m threed.tools.colour_pull RUN_DIR [--steps 50,100,150] [--views 12] [--seed 1]
 
 For each checkpointed step: the mean colour of the object pixels (a channel below 0.7, as the
 teacher's colour error counts them) of training views rendered from that checkpoint, the teacher's
@@ -15,48 +15,22 @@ Pixel-space teachers only (ShapeWorld).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
 
-from guidance.distillation import ViewBatch
-from guidance.teacher import DiffusionTeacher
-from nerf.renderer import render_rays
-from threed.cameras import CameraBatch, sample_cameras
 from threed.checkpoint import checkpoint_path, load_checkpoint
-from threed.config import load_config
-from threed.runs import existing_run
-from threed.shapeworld import is_canon_prompt, parse_prompt, render_shape_with_mask
-from threed.teacher_quality import object_pixels
+from threed.run import Run
+from threed.shapeworld.canon import is_canon_prompt, parse_prompt
+from threed.shapeworld.render import render_shape_with_mask
+from threed.shapeworld.teacher_quality import object_pixels
 from threed.trainer import Trainer
 
 
-def _view(trainer: Trainer, step: int, generator: torch.Generator) -> tuple[ViewBatch, torch.Tensor, CameraBatch]:
-    """Training views rendered at ``step``: the batch (images needing a gradient), their opacity
-    [B, H, W] and their cameras."""
-    cameras = sample_cameras(trainer.config.camera, generator, step)
-    rays = cameras.rays()
-    background = trainer.background(rays.directions, len(cameras), generator)
-    render = render_rays(trainer.field, rays, trainer.render_spec, generator, trainer.field.occupancy, None, background)
-    render = render.as_images(len(cameras), cameras.height, cameras.width)
-    images = render.rgb.detach().requires_grad_(True)
-    return ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w), render.opacity[..., 0].detach(), cameras
-
-
-def _x0_predictions(trainer: Trainer, views: ViewBatch, step: int,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The renders as the teacher sees them, and the teacher's (guided, at the run's scale) and the fake
-    score's x0-predictions: each [B, h, w, 3] in [0, 1], at the teacher's resolution."""
-    guidance, teacher = trainer.guidance, trainer.guidance.teacher
-    x0 = teacher.encode(views.images.detach().permute(0, 3, 1, 2)).float()
-    t = guidance.sample_timesteps(x0.shape[0], step, generator)
-    alpha, sigma = teacher.alpha_sigma(t)
-    x_t = alpha * x0 + sigma * torch.randn(x0.shape, generator=generator, device=x0.device)
-    cond, uncond = guidance.prompts(views.elevation_deg, views.azimuth_deg)
-    teacher_eps = teacher.predict_eps_cfg(x_t, t, cond, uncond, trainer.config.teacher.guidance_scale.at(step))
-    fake_eps = guidance.fake_score.predict(x_t, t, cond, views.c2w.flatten(1)).eps
-    predictions = [(x_t - sigma * eps) / alpha for eps in (teacher_eps, fake_eps)]
-    return tuple(x.permute(0, 2, 3, 1) * 0.5 + 0.5 for x in (x0, *predictions))
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """Pixel-space teacher samples [B, 3, h, w] in [-1, 1] -> images [B, h, w, 3] in [0, 1]."""
+    return x.permute(0, 2, 3, 1) * 0.5 + 0.5
 
 
 def colour_pull(trainer: Trainer, step: int, views: int, seed: int) -> dict:
@@ -68,14 +42,14 @@ def colour_pull(trainer: Trainer, step: int, views: int, seed: int) -> dict:
     canon = parse_prompt(trainer.config.prompt) if is_canon_prompt(trainer.config.prompt) else None
     object_area, true_area = 0.0, 0.0
     for _ in range(views):
-        view, opacity, cameras = _view(trainer, step, generator)
+        cameras, rendered, rendered_views = trainer.render_training_views(step, generator, shading="albedo")
+        view = dataclasses.replace(rendered_views, images=rendered.images.detach().requires_grad_(True))
         if canon is not None:
-            object_area += float((opacity >= 0.5).sum())
+            object_area += float((rendered.opacity >= 0.5).sum())
             true_area += float(render_shape_with_mask(*canon, cameras)[1].sum())
         out = trainer.guidance(view, step, generator)
         sum(out.generator_losses.values()).backward(inputs=[view.images])
-        with torch.no_grad():
-            seen, teacher_x0, fake_x0 = _x0_predictions(trainer, view, step, generator)
+        seen, teacher_x0, fake_x0 = map(as_images, trainer.guidance.x0_predictions(view, step, generator))
         for name, pixels, reference in (("render", view.images.detach(), view.images), ("descent", -view.images.grad, view.images),
                                         ("teacher_x0", teacher_x0, seen), ("fake_x0", fake_x0, seen)):
             inside = object_pixels(reference.detach())  # [B, H, W]
@@ -89,17 +63,15 @@ def colour_pull(trainer: Trainer, step: int, views: int, seed: int) -> dict:
 
 
 def colour_pull_report(run_dir: str, steps: list[int], views: int, seed: int) -> dict:
-    paths = existing_run(run_dir)
-    config = load_config(paths.config, [])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = Trainer(config, paths, DiffusionTeacher.from_pretrained(config.teacher, device))
+    run = Run.open(run_dir)
+    trainer = run.trainer(run.load_teacher())
     report = {}
     for step in steps:
-        path = checkpoint_path(paths.checkpoints, step)
+        path = checkpoint_path(run.paths.checkpoints, step)
         if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint of step {step} in {paths.checkpoints}: pick steps the run "
+            raise FileNotFoundError(f"no checkpoint of step {step} in {run.paths.checkpoints}: pick steps the run "
                                     f"checkpointed (trainer.checkpoint_every, trainer.keep_checkpoints)")
-        trainer.load_state_dict(load_checkpoint(path, device))
+        trainer.load_state_dict(load_checkpoint(path, run.device))
         report[str(step)] = colour_pull(trainer, step, views, seed)
     return {"run": str(run_dir), "views": views, "seed": seed, "steps": report}
 

@@ -42,12 +42,12 @@ class RunPaths:
     def mesh(self, file_format: str) -> Path:
         return self.root / "mesh" / f"model.{file_format}"
 
-    @property
-    def shapeworld_score(self) -> Path:
-        return self.root / "mesh" / "shapeworld_score.json"
+    def score(self, evaluator_name: str) -> Path:
+        """The evaluator's numbers for the run's mesh (``threed.evaluation``), e.g. mesh/shapeworld_score.json."""
+        return self.root / "mesh" / f"{evaluator_name}_score.json"
 
 
-def create_run(outputs: str | Path, config_name: str, prompt: str) -> RunPaths:
+def create_run_folder(outputs: str | Path, config_name: str, prompt: str) -> RunPaths:
     """Makes a new, empty run folder, or says why the outputs folder cannot hold one."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = Path(outputs) / config_name / f"{prompt_slug(prompt)}@{stamp}"
@@ -67,7 +67,7 @@ def create_run(outputs: str | Path, config_name: str, prompt: str) -> RunPaths:
     return RunPaths(root)
 
 
-def existing_run(run_dir: str | Path) -> RunPaths:
+def existing_run_folder(run_dir: str | Path) -> RunPaths:
     paths = RunPaths(Path(run_dir))
     if not paths.config.is_file():
         raise RunDirError(f"{str(run_dir)!r} is not a run folder (no config.yaml in it); pass a folder printed by --train")

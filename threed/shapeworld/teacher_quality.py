@@ -1,13 +1,13 @@
 """How good is a ShapeWorld teacher? A small shape-and-colour classifier trained on ShapeWorld renders
-judges the teacher's own samples (its pipeline's sampler, classifier-free guidance at --guidance-scale)
+judges the teacher's own samples (its sampler, ``DiffusionTeacher.sample``, guided at --guidance-scale)
 for all 36 prompts.
 The bar of shapeworld.md is 90% for shape and for colour.
 
-    python -m threed.teacher_quality train-classifier assets/shapeworld-classifier.pt
-    python -m threed.teacher_quality evaluate assets/shapeworld-teacher [--per-prompt 4] [--grid samples.png]
-    python -m threed.teacher_quality conditioning assets/shapeworld-teacher   # does it read each word?
-    python -m threed.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour and size by guidance
-    python -m threed.teacher_quality drift assets/shapeworld-teacher --prompt "a red vase"   # ... by guidance and t
+    python -m threed.shapeworld.teacher_quality train-classifier assets/shapeworld-classifier.pt
+    python -m threed.shapeworld.teacher_quality evaluate assets/shapeworld-teacher [--per-prompt 4] [--grid samples.png]
+    python -m threed.shapeworld.teacher_quality conditioning assets/shapeworld-teacher   # does it read each word?
+    python -m threed.shapeworld.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour and size by guidance
+    python -m threed.shapeworld.teacher_quality drift assets/shapeworld-teacher --prompt "a red vase"   # ... by guidance and t
 
 The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
 Gaussian pixel noise, so that a recognisable but grainy sample is judged by its shape, not its grain.
@@ -26,17 +26,17 @@ from diffusers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.prompts import VIEWS
 from guidance.teacher import DiffusionTeacher, TeacherSpec
-from threed.checkpoint import save_atomic
+from threed.device import default_device
+from threed.files import save_torch
 from threed.mesh_metrics import chromaticity_error
-from threed.shapeworld import (ALBEDOS, COLOURS, SHAPES, caption, generate_dataset, parse_prompt, render_shape,
-                               render_shape_with_mask, sample_dataset_cameras, view_label)
+from threed.shapeworld.canon import ALBEDOS, COLOURS, SHAPES, caption, parse_prompt, view_label
+from threed.shapeworld.render import generate_dataset, render_shape, render_shape_with_mask, sample_dataset_cameras
 
 log = logging.getLogger(__name__)
 QUALITY_BAR = 0.9
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "assets" / "shapeworld-classifier.pt"
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "shapeworld-classifier.pt"
 
 
 class ShapeColourClassifier(nn.Module):
@@ -102,7 +102,7 @@ def train_classifier(per_prompt: int = 160, epochs: int = 4, seed: int = 1, nois
 
 
 def save_classifier(classifier: ShapeColourClassifier, path: Path) -> None:
-    save_atomic({"width": classifier.width, "state_dict": classifier.state_dict()}, path)
+    save_torch({"width": classifier.width, "state_dict": classifier.state_dict()}, path)
 
 
 def load_classifier(path: Path = DEFAULT_CLASSIFIER) -> ShapeColourClassifier:
@@ -113,6 +113,11 @@ def load_classifier(path: Path = DEFAULT_CLASSIFIER) -> ShapeColourClassifier:
     classifier = ShapeColourClassifier(state["width"])
     classifier.load_state_dict(state["state_dict"])
     return classifier.eval()
+
+
+def load_teacher(name: str) -> DiffusionTeacher:
+    """A teacher pipeline folder (or hub id) as the project's teacher, on the default device."""
+    return DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=name), default_device())
 
 
 def accuracy_report(classifier: ShapeColourClassifier, images: torch.Tensor, shapes: torch.Tensor,
@@ -135,19 +140,17 @@ def accuracy_report(classifier: ShapeColourClassifier, images: torch.Tensor, sha
 
 
 @torch.no_grad()
-def sample_teacher(pipeline: PixelDiffusionPipeline, per_prompt: int, steps: int, guidance_scale: float,
+def sample_teacher(teacher: DiffusionTeacher, per_prompt: int, steps: int, guidance_scale: float,
                    seed: int, batch: int = 72) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``per_prompt`` samples of each of the 36 prompts, the view suffix cycling front, side, back,
     overhead -> images [36 * per_prompt, 3, 64, 64] in [0, 1] (shape-major), shape and colour indices."""
     labels = [(s, c, VIEWS[k % len(VIEWS)]) for s in range(len(SHAPES)) for c in range(len(COLOURS))
               for k in range(per_prompt)]
     captions = [caption(SHAPES[s], COLOURS[c], view) for s, c, view in labels]
-    generator = torch.Generator(pipeline.device).manual_seed(seed)
-    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator(teacher.device).manual_seed(seed)
     images = []
     for start in tqdm(range(0, len(captions), batch), desc="sampling the teacher"):
-        images.append(pipeline(captions[start:start + batch], num_inference_steps=steps,
-                               guidance_scale=guidance_scale, generator=generator, output_type="pt").images.cpu())
+        images.append(teacher.sample_images(captions[start:start + batch], "", steps, guidance_scale, generator).cpu())
     shapes, colours = (torch.tensor([label[i] for label in labels]) for i in (0, 1))
     return torch.cat(images), shapes, colours
 
@@ -162,14 +165,12 @@ def write_grid(images: torch.Tensor, columns: int, path: Path) -> None:
 def evaluate_teacher(teacher: str, classifier_path: Path, per_prompt: int, steps: int, guidance_scale: float,
                      seed: int, grid: Path | None) -> dict:
     classifier = load_classifier(classifier_path)  # before the sampling, so a missing one fails at once
-    pipeline = PixelDiffusionPipeline.from_pretrained(teacher)
-    pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
-    images, shapes, colours = sample_teacher(pipeline, per_prompt, steps, guidance_scale, seed)
+    images, shapes, colours = sample_teacher(load_teacher(teacher), per_prompt, steps, guidance_scale, seed)
     if grid is not None:
         write_grid(images, len(COLOURS) * per_prompt, grid)  # one row per shape
     report = accuracy_report(classifier, images, shapes, colours)
     passes = report["shape_accuracy"] >= QUALITY_BAR and report["colour_accuracy"] >= QUALITY_BAR
-    sampler = {"scheduler": type(pipeline.scheduler).__name__, "steps": steps, "guidance_scale": guidance_scale,
+    sampler = {"scheduler": "DDIMScheduler", "steps": steps, "guidance_scale": guidance_scale,
                "per_prompt": per_prompt, "seed": seed}
     return {"teacher": str(teacher), "sampler": sampler, **report, "bar": QUALITY_BAR, "passes": passes}
 
@@ -186,7 +187,7 @@ def swap_word(caption_text: str, words: tuple[str, ...]) -> str:
 
 
 @torch.no_grad()
-def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed: int,
+def conditioning_report(teacher: DiffusionTeacher, per_prompt: int, seed: int,
                         timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)) -> dict:
     """The teacher's denoising loss on fresh renders at a few timesteps, with the true caption, the
     shape word swapped, the colour word swapped and no caption: a teacher that reads a word loses
@@ -197,8 +198,8 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
     true = [caption(SHAPES[s], COLOURS[c], v) for s, c, v in zip(shapes.tolist(), colours.tolist(), views)]
     captions = {"true": true, "wrong_shape": [swap_word(c, SHAPES) for c in true],
                 "wrong_colour": [swap_word(c, COLOURS) for c in true], "empty": [""] * len(true)}
-    encoded = {name: pipeline.encode_prompt(texts) for name, texts in captions.items()}  # once, for every timestep
-    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    encoded = {name: teacher.embed_text(texts) for name, texts in captions.items()}  # once, for every timestep
+    scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
     v_prediction = scheduler.config.prediction_type == "v_prediction"
     generator = torch.Generator().manual_seed(seed)
     report = {}
@@ -207,7 +208,8 @@ def conditioning_report(pipeline: PixelDiffusionPipeline, per_prompt: int, seed:
         noise = torch.randn(images.shape, generator=generator)
         noisy = scheduler.add_noise(images, noise, timestep)
         target = scheduler.get_velocity(images, noise, timestep) if v_prediction else noise
-        report[str(t)] = {name: F.mse_loss(pipeline.unet(noisy, timestep, encoder_hidden_states=states).sample,
+        report[str(t)] = {name: F.mse_loss(teacher.unet(noisy.to(teacher.device, teacher.dtype), timestep.to(teacher.device),
+                                                        encoder_hidden_states=states).sample.float().cpu(),
                                            target).item() for name, states in encoded.items()}
     return {"n_images": len(images), "loss_by_timestep": report}
 
@@ -236,7 +238,7 @@ def foreground_chromaticity_error(images: torch.Tensor, albedo: tuple[float, flo
 
 
 @torch.no_grad()
-def colour_bias_report(pipeline: PixelDiffusionPipeline, prompt: str, guidance_scales: list[float], n_images: int,
+def colour_bias_report(teacher: DiffusionTeacher, prompt: str, guidance_scales: list[float], n_images: int,
                        steps: int, seed: int) -> dict:
     """The colour error of the teacher's samples of ``prompt`` at each guidance scale, next to that of
     the data generator's renders (what the teacher learned from): the colour error below which a
@@ -249,11 +251,9 @@ def colour_bias_report(pipeline: PixelDiffusionPipeline, prompt: str, guidance_s
     renders = render_shape(shape, colour, cameras).permute(0, 3, 1, 2)
     render_fractions = object_fractions(renders)
     captions = [caption(shape, colour, VIEWS[k % len(VIEWS)]) for k in range(n_images)]
-    pipeline.set_progress_bar_config(disable=True)
     errors, teacher_fractions = {}, {}
     for scale in guidance_scales:
-        images = pipeline(captions, num_inference_steps=steps, guidance_scale=scale,
-                          generator=torch.Generator(pipeline.device).manual_seed(seed), output_type="pt").images.cpu()
+        images = teacher.sample_images(captions, "", steps, scale, torch.Generator(teacher.device).manual_seed(seed)).cpu()
         errors[str(scale)] = foreground_chromaticity_error(images, ALBEDOS[colour])
         teacher_fractions[str(scale)] = float(object_fractions(images).mean())
     return {"prompt": prompt, "n_images": n_images, "steps": steps, "seed": seed,
@@ -277,7 +277,7 @@ def colour_drift_report(teacher: DiffusionTeacher, prompt: str, guidance_scales:
     generator = torch.Generator().manual_seed(seed)
     cameras = sample_dataset_cameras(n_images, generator)
     renders, silhouettes = render_shape_with_mask(shape, colour, cameras)  # [N, H, W, 3], [N, H, W]
-    device = teacher.alphas_cumprod.device
+    device = teacher.device
     x0 = teacher.encode(renders.permute(0, 3, 1, 2).to(device))
     inside = silhouettes.to(device)[:, None].float()  # [N, 1, H, W]
     views = [view_label(float(e), float(a)) for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg)]
@@ -320,8 +320,7 @@ def _evaluate_command(arguments: argparse.Namespace) -> None:
 
 
 def _conditioning_command(arguments: argparse.Namespace) -> None:
-    pipeline = PixelDiffusionPipeline.from_pretrained(arguments.teacher)
-    print(json.dumps(conditioning_report(pipeline, arguments.per_prompt, arguments.seed)))
+    print(json.dumps(conditioning_report(load_teacher(arguments.teacher), arguments.per_prompt, arguments.seed)))
 
 
 def _colour_command(arguments: argparse.Namespace) -> None:
@@ -330,9 +329,7 @@ def _colour_command(arguments: argparse.Namespace) -> None:
         scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
     except ValueError as error:
         raise SystemExit(f"error: {error} (--prompt is 'a COLOUR SHAPE', --guidance-scales e.g. 1,2)") from None
-    pipeline = PixelDiffusionPipeline.from_pretrained(arguments.teacher)
-    pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
-    print(json.dumps(colour_bias_report(pipeline, arguments.prompt, scales, arguments.n_images, arguments.steps,
+    print(json.dumps(colour_bias_report(load_teacher(arguments.teacher), arguments.prompt, scales, arguments.n_images, arguments.steps,
                                         arguments.seed)))
 
 
@@ -344,15 +341,14 @@ def _drift_command(arguments: argparse.Namespace) -> None:
     except ValueError as error:
         raise SystemExit(f"error: {error} (--prompt is 'a COLOUR SHAPE', --guidance-scales e.g. 1,2, "
                          f"--timesteps e.g. 100,500,900)") from None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=arguments.teacher), device)
+    teacher = load_teacher(arguments.teacher)
     if not all(0 <= t < teacher.num_train_timesteps for t in timesteps):
         raise SystemExit(f"error: --timesteps must lie in [0, {teacher.num_train_timesteps}), got {timesteps}")
     print(json.dumps(colour_drift_report(teacher, arguments.prompt, scales, timesteps, arguments.n_images, arguments.seed)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m threed.teacher_quality", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m threed.shapeworld.teacher_quality", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train-classifier", help="train the shape-and-colour classifier on fresh renders")
     train.add_argument("out", type=Path, help="the .pt file to write")

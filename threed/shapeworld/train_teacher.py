@@ -2,8 +2,8 @@
 standard diffusers pipeline folder (``PixelDiffusionPipeline``), which ``teacher.pretrained``
 loads like Stable Diffusion.
 
-    python -m threed.train_teacher assets/shapeworld-teacher --steps 20000 [--data data.npz] [--resume]
-    python -m threed.train_teacher runs/longer --init assets/shapeworld-teacher --steps 6000 --lr 3e-4  # train on
+    python -m threed.shapeworld.train_teacher assets/shapeworld-teacher --steps 20000 [--data data.npz] [--resume]
+    python -m threed.shapeworld.train_teacher runs/longer --init assets/shapeworld-teacher --steps 6000 --lr 3e-4  # train on
 
 Recipe (after the calibration notes in shapeworld.md): v-prediction on a cosine noise schedule,
 AdamW with a warmed-up cosine learning rate, an EMA of the weights (what is saved), 10% caption
@@ -31,8 +31,10 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from guidance.offline_tokenizer import build_clip_tokenizer
 from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.prompts import VIEWS
-from threed.checkpoint import save_atomic
-from threed.shapeworld import COLOURS, IMAGE_SIZE, SHAPES, generate_dataset
+from guidance.teacher import encode_text
+from threed.files import save_torch
+from threed.shapeworld.canon import COLOURS, IMAGE_SIZE, SHAPES
+from threed.shapeworld.render import generate_dataset
 
 log = logging.getLogger(__name__)
 MAX_TOKENS = 12  # "<bos> a orange cylinder , overhead view <eos>" is 8
@@ -141,8 +143,7 @@ class TeacherTrainer:
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         """n captions -> the text encoder's token features [n, MAX_TOKENS, cross_attention_dim]."""
-        tokens = self.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids)[0]
+        return encode_text(self.tokenizer, self.text_encoder, captions)
 
     def loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """v-prediction loss on a batch; a tenth of the captions are dropped for classifier-free guidance."""
@@ -182,7 +183,7 @@ class TeacherTrainer:
     def save(self) -> None:
         """The resumable checkpoint, and the EMA weights as the pipeline folder ``pipeline/`` with the
         sampler of ``sampling_scheduler``."""
-        save_atomic(self.state_dict(), self.checkpoint)
+        save_torch(self.state_dict(), self.checkpoint)
         unet, text_encoder = copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder)
         self.ema.copy_to(list(unet.parameters()) + list(text_encoder.parameters()))
         pipeline = PixelDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=self.tokenizer,

@@ -1,8 +1,8 @@
 """Benchmarks, printed as one JSON object.
 
-    python -m threed.bench render [--samples-per-ray 64] [--repeats 2]
-    python -m threed.bench teacher [--repeats 3]
-    python -m threed.bench occupancy [--config configs/shapeworld.yaml] [--thresholds 0.01,0.4] [--every 100] [key.path=value ...]
+    python -m threed.tools.bench render [--samples-per-ray 64] [--repeats 2]
+    python -m threed.tools.bench teacher [--repeats 3]
+    python -m threed.tools.bench occupancy [--config configs/shapeworld.yaml] [--thresholds 0.01,0.4] [--every 100] [key.path=value ...]
 
 ``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
 with dense sampling and with empty-space skipping at the same sample spacing, on a field with
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from guidance.teacher import DiffusionTeacher
 from nerf.field import FieldSpec, RadianceField
 from nerf.hashgrid import HashGridEncoding, HashGridSpec
 from nerf.occupancy import OccupancyGrid
 from nerf.renderer import RenderSpec, render_rays
-from threed.cameras import make_cameras, sample_cameras
+from threed.cameras import CameraBatch, make_cameras, sample_cameras
 from threed.config import load_config
-from threed.runs import create_run
-from threed.train_teacher import ARCHITECTURES, TeacherTrainer
+from threed.device import default_device
+from threed.run import Run
+from threed.shapeworld.train_teacher import ARCHITECTURES, TeacherTrainer
 from threed.trainer import Trainer
 
 SPHERE_RADIUS = 0.35
@@ -85,7 +85,7 @@ def render_step(field: RadianceField, resolution: int, spec: RenderSpec, occupan
 
 
 def bench_render(samples_per_ray: int, repeats: int) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     field = sphere_field(device)
     spec = RenderSpec(samples_per_ray=samples_per_ray, chunk_rays=4096)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -122,14 +122,14 @@ def bench_teacher(repeats: int) -> dict:
 
 
 def bench_occupancy(config_path: str, overrides: list[str], thresholds: list[float], every: int, views: int) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as outputs:
-        config = load_config(config_path, [*overrides, f"outputs={outputs}"])
-        trainer = Trainer(config, create_run(config.outputs, config.name, config.prompt),
-                          DiffusionTeacher.from_pretrained(config.teacher, device))
-        occupancy = trainer.field.occupancy
+        run, teacher = Run.start(load_config(config_path, [*overrides, f"outputs={outputs}"]))
+        config, device = run.config, run.device
+        trainer = run.trainer(teacher)
+        field = trainer.representation.field  # a NeRF config's: this benchmark measures its occupancy grid
+        occupancy = field.occupancy
         evaluated = []
-        trainer.field.register_forward_hook(lambda module, inputs, output: evaluated.append(len(inputs[0])))
+        field.register_forward_hook(lambda module, inputs, output: evaluated.append(len(inputs[0])))
         result = {"device": f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
                   "config": config_path, "steps": {}}
         while trainer.step < config.trainer.max_steps:
@@ -137,25 +137,23 @@ def bench_occupancy(config_path: str, overrides: list[str], thresholds: list[flo
                 trainer.training_step()
             generator = torch.Generator(device).manual_seed(trainer.step)
             cameras = [sample_cameras(config.camera, generator, trainer.step) for _ in range(views)]
-            run_occupied, per_threshold = occupancy.occupied, {}
+            per_threshold = {}
             for threshold in thresholds:
-                occupancy.occupied = occupancy.occupied_cells(threshold)
-                evaluated.clear()
-                ms = timed_ms(lambda: render_views_backward(trainer, cameras), 1, device) / views
+                with occupancy.thresholded(threshold):
+                    evaluated.clear()
+                    ms = timed_ms(lambda: render_views_backward(trainer, cameras), 1, device) / views
                 per_threshold[str(threshold)] = {"samples_per_view": round(sum(evaluated[-views:]) / views), "ms_per_view": round(ms, 1)}
-            occupancy.occupied = run_occupied
             result["steps"][str(trainer.step)] = per_threshold
         return result
 
 
-def render_views_backward(trainer: Trainer, cameras: list) -> None:
-    """Each view's forward and backward pass through the trainer's field (gradients discarded)."""
+def render_views_backward(trainer: Trainer, cameras: list[CameraBatch]) -> None:
+    """Each view's forward and backward pass through the trainer's representation, as a training step renders it
+    (albedo; gradients discarded)."""
     for view in cameras:
-        rays = view.rays()
-        render = render_rays(trainer.field, rays, trainer.render_spec, torch.Generator(rays.origins.device).manual_seed(0),
-                             trainer.field.occupancy, background=torch.ones_like(rays.origins))
-        render.rgb.sum().backward()
-        trainer.field.zero_grad(set_to_none=True)
+        generator = torch.Generator(view.c2w.device).manual_seed(0)
+        trainer.representation.render(view, generator, shading="albedo").images.sum().backward()
+        trainer.representation.zero_grad(set_to_none=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """The ShapeWorld quality table of BENCHMARKS.md: one prompt of each shape, each method, the
 evaluator's Chamfer distance, IoU and colour error, and the wall time of the run.
 
-    python -m threed.quality_table --config configs/shapeworld.yaml --methods sds,vsd,uni-instruct:fkl --out quality.md
+    python -m threed.tools.quality_table --config configs/shapeworld.yaml --methods sds,vsd,uni-instruct:fkl --out quality.md
 
 Each run is a cell of the comparison tool (``<outputs>/compare/<config>/<prompt>/<method>/seed<S>``),
 so an interrupted table resumes where it stopped and ``launch.py --compare`` reuses its runs.
@@ -20,7 +20,8 @@ import trimesh
 from threed.compare import Cell, Method, parse_methods, plan_cells, run_missing_cells
 from threed.config import override
 from threed.errors import UserError
-from threed.shapeworld import SHOWCASE_PROMPTS, evaluate_mesh, parse_prompt
+from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
+from threed.shapeworld.evaluator import evaluate_mesh, register_evaluator
 
 log = logging.getLogger(__name__)
 METRICS = ("chamfer", "iou", "color_error", "wall_time_s")
@@ -57,7 +58,7 @@ def markdown(rows: list[dict], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m threed.quality_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m threed.tools.quality_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/shapeworld.yaml")
     parser.add_argument("--methods", default="sds,vsd,uni-instruct:fkl")
     parser.add_argument("--prompts", default=";".join(SHOWCASE_PROMPTS), help="ShapeWorld prompts separated by ';'")
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    register_evaluator()  # the runs' own shapeworld_score.json
     prompts = [p.strip() for p in arguments.prompts.split(";") if p.strip()]
     try:
         for prompt in prompts:

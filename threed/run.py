@@ -1,0 +1,111 @@
+"""A run's one owner: its folder, config and device; loading its teacher, training it (from scratch or
+from its last checkpoint), and what a finished run leaves behind (its turntable video, its meshes and,
+where an evaluator knows the prompt, their scores). ``launch.py``, the demo, the comparison and the
+tools all go through it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from guidance.teacher import DiffusionTeacher
+from threed.checkpoint import latest_checkpoint, load_checkpoint
+from threed.config import Config, load_config, save_config
+from threed.device import default_device
+from threed.errors import RunDirError
+from threed.evaluation import evaluator_for
+from threed.export import save_mesh
+from threed.files import write_json
+from threed.representation import Representation
+from threed.run_folder import RunPaths, create_run_folder, existing_run_folder
+from threed.trainer import Trainer, build_representation, make_ema, with_averaged_parameters
+from threed.video import save_turntable_video
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    def __init__(self, config: Config, paths: RunPaths, device: torch.device | None = None):
+        self.config, self.paths = config, paths
+        self.device = device or default_device()
+
+    @classmethod
+    def start(cls, config: Config, root: Path | None = None) -> tuple["Run", DiffusionTeacher]:
+        """A new run of ``config`` and its loaded teacher. The teacher loads first, so a missing one leaves no
+        empty run folder behind; the folder is a new timestamped one under ``config.outputs``, or ``root``
+        (made if missing: the comparison names its cells' folders). The config is saved in it."""
+        device = default_device()
+        teacher = DiffusionTeacher.from_pretrained(config.teacher, device)
+        if root is None:
+            paths = create_run_folder(config.outputs, config.name, config.prompt)
+        else:
+            paths = RunPaths(Path(root))
+            paths.root.mkdir(parents=True, exist_ok=True)
+        save_config(config, paths.config)
+        return cls(config, paths, device), teacher
+
+    @classmethod
+    def open(cls, run_dir: str | Path, overrides: list[str] = ()) -> "Run":
+        """An existing run folder, its saved config with ``overrides`` applied."""
+        paths = existing_run_folder(run_dir)
+        return cls(load_config(paths.config, overrides), paths)
+
+    def load_teacher(self) -> DiffusionTeacher:
+        return DiffusionTeacher.from_pretrained(self.config.teacher, self.device)
+
+    def trainer(self, teacher: DiffusionTeacher, resume: bool = False) -> Trainer:
+        """The run's trainer, at its latest checkpoint with ``resume``."""
+        trainer = Trainer(self.config, self.paths, teacher)
+        if resume:
+            trainer.resume()
+        return trainer
+
+    def train(self, teacher: DiffusionTeacher, resume: bool = False,
+              stop_requested: Callable[[], bool] = lambda: False,
+              on_log: Callable[[dict, Trainer], None] = lambda record, trainer: None,
+              formats: list[str] | None = None) -> Trainer:
+        """Trains (from the latest checkpoint with ``resume``) until ``trainer.max_steps`` or ``stop_requested()``,
+        then writes the video and the meshes (``formats``, default ``export.formats``) of the trainer's output;
+        ``on_log`` gets each metrics record and the trainer. Returns the finished trainer."""
+        trainer = self.trainer(teacher, resume)
+        trainer.fit(stop_requested, lambda record: on_log(record, trainer))
+        self.export(trainer.output_representation().eval(), formats or self.config.export.formats)
+        return trainer
+
+    def trained_representation(self) -> Representation:
+        """The representation of the run's latest checkpoint (no teacher is loaded), with the moving average of
+        its parameters where ``trainer.ema_decay`` asks for one, as the run's own outputs show it."""
+        found = latest_checkpoint(self.paths.checkpoints)
+        if found is None:
+            raise RunDirError(f"{self.paths.root} has no checkpoint yet; train it first (--resume {self.paths.root})")
+        state = load_checkpoint(found, self.device)
+        representation = build_representation(self.config).to(self.device)
+        representation.load_state_dict(state["representation"])
+        ema = make_ema(representation, self.config.trainer)
+        if ema and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        return with_averaged_parameters(representation, ema).eval()
+
+    def export(self, representation: Representation, formats: list[str]) -> None:
+        """The turntable video and the meshes (in ``formats``) of ``representation``."""
+        self.write_video(representation)
+        self.write_meshes(representation, formats)
+
+    def write_video(self, representation: Representation) -> None:
+        save_turntable_video(representation, self.config.video, self.paths.video)
+        log.info("turntable video: %s", self.paths.video)
+
+    def write_meshes(self, representation: Representation, formats: list[str]) -> None:
+        """The meshes and, where a registered evaluator knows the prompt, its score of them (``mesh/<name>_score.json``)."""
+        mesh = representation.extract_mesh(self.config.export)
+        for file_format in formats:
+            save_mesh(mesh, self.paths.mesh(file_format))
+            log.info("mesh (%d vertices): %s", len(mesh.vertices), self.paths.mesh(file_format))
+        evaluator = evaluator_for(self.config.prompt)
+        if evaluator is not None:
+            score = evaluator.score(mesh)
+            write_json(self.paths.score(evaluator.name), score)
+            log.info("%s evaluator: %s (%s)", evaluator.name, evaluator.summary(score), self.paths.score(evaluator.name))
