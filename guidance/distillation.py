@@ -162,11 +162,12 @@ class ScoreDistillation(nn.Module):
         low, high = int(self.spec.min_step_percent.at(step) * n), int(self.spec.max_step_percent.at(step) * n)
         return torch.randint(low, max(high, low + 1), (batch,), generator=generator, device=generator.device)
 
-    def noised_sample(self, views: ViewBatch, step: int, generator: torch.Generator) -> tuple[torch.Tensor, NoisedSample]:
-        """The encoded views noised at a t of step ``step``'s range: (t [B], the sample). ``generator``
-        draws t, then eps."""
+    def noised_sample(self, views: ViewBatch, step: int, generator: torch.Generator,
+                      t: torch.Tensor | None = None) -> tuple[torch.Tensor, NoisedSample]:
+        """The encoded views noised at a t of step ``step``'s range (or at the given t [B]): (t, the sample).
+        ``generator`` draws t, then eps."""
         x0 = self.teacher.encode(views.images.permute(0, 3, 1, 2)).float()
-        t = self.sample_timesteps(x0.shape[0], step, generator)
+        t = self.sample_timesteps(x0.shape[0], step, generator) if t is None else t
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
         return t, NoisedSample(x0, eps, alpha, sigma)
@@ -200,16 +201,16 @@ class ScoreDistillation(nn.Module):
         return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics)
 
     @torch.no_grad()
-    def x0_predictions(self, views: ViewBatch, step: int,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def x0_predictions(self, views: ViewBatch, step: int, generator: torch.Generator, t: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What a training step at ``step`` sees: the encoded views x_0, and the teacher's (guided) and the
-        fake score's one-step x0-predictions f = (x_t + sigma^2 s(x_t)) / alpha from them noised as
-        ``forward`` noises them; each [B, C, h, w] in teacher space."""
-        t, sample = self.noised_sample(views, step, generator)
+        fake score's (None without one) one-step x0-predictions f = (x_t + sigma^2 s(x_t)) / alpha from them
+        noised as ``forward`` noises them (at the given t [B], if any); each [B, C, h, w] in teacher space."""
+        t, sample = self.noised_sample(views, step, generator, t)
         scores = self.scores(views, t, sample.sigma, step)
 
-        def x0_prediction(score) -> torch.Tensor:
-            return (sample.x_t + sample.sigma**2 * score(sample.x_t)) / sample.alpha
+        def x0_prediction(score) -> torch.Tensor | None:
+            return None if score is None else (sample.x_t + sample.sigma**2 * score(sample.x_t)) / sample.alpha
 
         return sample.x0, x0_prediction(scores.teacher), x0_prediction(scores.fake)
 

@@ -42,7 +42,7 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
     config = load_config(run / "config.yaml")
     assert config.prompt == "a red vase, front view" and config.seed == 3
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step0000003.pt", "step0000006.pt"]
-    assert not list((run / "checkpoints").glob("*.partial"))
+    assert not list((run / "checkpoints").glob("*.partial*"))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in metrics] == [2, 4, 6]
     assert all(np.isfinite(record["loss"]) and record["it_per_s"] > 0 for record in metrics)

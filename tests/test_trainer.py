@@ -1,11 +1,14 @@
+import numpy as np
 import pytest
 import torch
+import trimesh
 
 from guidance.distillation import GuidanceOutput
 from guidance.teacher import DiffusionTeacher
-from threed.checkpoint import latest_checkpoint, list_checkpoints
+from threed.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from threed.config import load_config
 from threed.errors import NonFiniteLossError
+from threed.representation import RenderedViews, Representation
 from threed.run_folder import create_run_folder, prompt_slug
 
 
@@ -131,3 +134,65 @@ def test_fake_score_adapts_the_modules_it_is_asked_to(fast_overrides):
         trainer.training_step()
     after = dict(trainer.guidance.fake_score.unet.named_parameters())
     assert all(not torch.equal(lora[n], after[n]) for n in lora if "resnets" in n)  # the convolutions' adapters train
+
+
+class FlatColour(Representation):
+    """The smallest representation: one learnable colour filling every view, exported as a coloured ball."""
+
+    def __init__(self):
+        super().__init__()
+        self.logit = torch.nn.Parameter(torch.zeros(3))
+
+    def render(self, cameras, generator, shading=None):
+        images = torch.sigmoid(self.logit).expand(len(cameras), cameras.height, cameras.width, 3)
+        return RenderedViews(images, torch.ones(images.shape[:3]))
+
+    def regularizer_losses(self, views, step):
+        return {}
+
+    def parameter_groups(self):
+        return [{"params": [self.logit], "lr": 0.1}]
+
+    def rgb8(self) -> np.ndarray:
+        return (torch.sigmoid(self.logit) * 255).round().byte().detach().numpy()
+
+    def render_images(self, cameras):
+        return np.broadcast_to(self.rgb8(), (len(cameras), cameras.height, cameras.width, 3)).copy()
+
+    def extract_mesh(self, spec):
+        ball = trimesh.creation.icosphere(subdivisions=1, radius=0.3)
+        ball.visual.vertex_colors = np.append(self.rgb8(), 255)
+        return ball
+
+
+def test_the_trainer_and_the_run_know_only_the_representation_interface(fast_overrides, monkeypatch):
+    from threed import run as run_module
+    from threed import trainer as trainer_module
+    from threed.run import Run
+
+    for module in (trainer_module, run_module):
+        monkeypatch.setattr(module, "build_representation", lambda config: FlatColour())
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=vsd", "trainer.max_steps=2",
+                                               "export.formats=[ply]"])
+    run, teacher = Run.start(config)
+    trainer = run.train(teacher)
+    assert not torch.equal(trainer.representation.logit.detach(), torch.zeros(3))  # the guidance moved it
+    state = load_checkpoint(latest_checkpoint(run.paths.checkpoints), torch.device("cpu"))
+    assert torch.equal(state["representation"]["logit"], trainer.representation.logit.detach())
+    assert run.paths.video.is_file() and run.paths.mesh("ply").is_file()
+    exported = run.trained_representation()
+    assert isinstance(exported, FlatColour) and torch.equal(exported.logit, trainer.representation.logit)
+
+
+def test_a_checkpoint_from_before_representations_resumes(fast_overrides, tmp_path):
+    trainer = make_trainer(load_config("configs/tiny.yaml", fast_overrides))
+    trainer.training_step()
+    state = trainer.state_dict()
+    old = {key: value for key, value in state.items() if key != "representation"}
+    for part in ("field", "background"):  # the layout of checkpoints written before 2026-12-05
+        old[part] = {k.removeprefix(part + "."): v for k, v in state["representation"].items() if k.startswith(part + ".")}
+    torch.save(old, tmp_path / "old.pt")
+    fresh = make_trainer(load_config("configs/tiny.yaml", fast_overrides))
+    fresh.load_state_dict(load_checkpoint(tmp_path / "old.pt", torch.device("cpu")))
+    for name, value in trainer.representation.state_dict().items():
+        assert torch.equal(fresh.representation.state_dict()[name], value), name

@@ -26,12 +26,14 @@ from diffusers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
+from guidance.distillation import GuidanceSpec, ScoreDistillation, ViewBatch
 from guidance.prompts import VIEWS
+from guidance.schedules import Ramp
 from guidance.teacher import DiffusionTeacher, TeacherSpec
 from threed.device import default_device
 from threed.files import save_torch
 from threed.mesh_metrics import chromaticity_error
-from threed.shapeworld.canon import ALBEDOS, COLOURS, SHAPES, caption, parse_prompt, view_label
+from threed.shapeworld.canon import ALBEDOS, COLOURS, SHAPES, SHAPEWORLD_VIEWS, caption, parse_prompt
 from threed.shapeworld.render import generate_dataset, render_shape, render_shape_with_mask, sample_dataset_cameras
 
 log = logging.getLogger(__name__)
@@ -274,15 +276,11 @@ def colour_drift_report(teacher: DiffusionTeacher, prompt: str, guidance_scales:
     if teacher.vae is not None:
         raise ValueError("drift measures pixel-space teachers (ShapeWorld); this one is a latent teacher")
     shape, colour = parse_prompt(prompt)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(teacher.device).manual_seed(seed)
     cameras = sample_dataset_cameras(n_images, generator)
     renders, silhouettes = render_shape_with_mask(shape, colour, cameras)  # [N, H, W, 3], [N, H, W]
-    device = teacher.device
-    x0 = teacher.encode(renders.permute(0, 3, 1, 2).to(device))
-    inside = silhouettes.to(device)[:, None].float()  # [N, 1, H, W]
-    views = [view_label(float(e), float(a)) for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg)]
-    cond = teacher.embed_text([caption(shape, colour, view) for view in views])
-    uncond = teacher.embed_text([""] * n_images)
+    views = ViewBatch(renders, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
+    inside = silhouettes[:, None].float()  # [N, 1, H, W]
 
     def colour_entry(x: torch.Tensor) -> dict:
         """x [N, 3, H, W] in [-1, 1] -> its mean object colour and that colour's chromaticity error."""
@@ -293,13 +291,13 @@ def colour_drift_report(teacher: DiffusionTeacher, prompt: str, guidance_scales:
 
     by_scale = {}
     for scale in guidance_scales:
+        # The distillation's own guidance (SDS: the teacher alone), with the captions' view suffixes.
+        guidance = ScoreDistillation(teacher, GuidanceSpec(estimator="sds"), caption(shape, colour), "", Ramp(scale),
+                                     SHAPEWORLD_VIEWS)
         by_scale[str(scale)] = {}
         for timestep in timesteps:
-            t = torch.full((n_images,), timestep, device=device)
-            alpha, sigma = teacher.alpha_sigma(t)
-            eps = torch.randn(x0.shape, generator=generator).to(device)
-            x_t = alpha * x0 + sigma * eps
-            x0_prediction = (x_t - sigma * teacher.predict_eps_cfg(x_t, t, cond, uncond, scale)) / alpha
+            t = torch.full((n_images,), timestep, device=teacher.device)
+            x0, x0_prediction, _ = guidance.x0_predictions(views, 0, generator, t)
             by_scale[str(scale)][str(timestep)] = colour_entry(x0_prediction)
     return {"prompt": prompt, "n_images": n_images, "seed": seed, "renders": colour_entry(x0),
             "x0_prediction_by_guidance_scale_and_timestep": by_scale}
