@@ -7,7 +7,7 @@ teacher's colour error counts them) of training views rendered from that checkpo
 and the fake score's one-step x0-predictions of those views noised at a t of the step's range, and
 the mean descent direction of the generator's distillation loss on those pixels (the negated gradient, scaled so its largest channel is 1). A
 fake score that trails the renders predicts the colour they had earlier; where it lies beyond the
-teacher's prediction, the gradient pushes the renders on, away from the teacher (BENCHMARKS.md).
+teacher's prediction, the gradient pushes the renders on, away from the teacher (docs/tuning-history.md).
 On a ShapeWorld prompt, also ``coverage``: the renders' object pixels (opacity at least 0.5) over the
 true object's from the same cameras, 1 for an object of the right size.
 Pixel-space teachers only (ShapeWorld).
