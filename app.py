@@ -1,19 +1,24 @@
 """Gradio demo: type a prompt, watch a 3D asset appear, download it; and compare methods side by side.
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--config configs/shapeworld.yaml] [key.path=value ...]
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--config configs/shapeworld.yaml]
+                  [--teacher-dir FOLDER ...] [key.path=value ...]
 
 The pipeline runs in this process (a worker thread per run, progress passed through a queue), on
 CUDA when present. One run uses the device at a time; up to ``--queue-size`` more wait for it (their
 page says so) and further ones are told the demo is busy. The runner keeps this queue itself rather
 than through Gradio's ``max_size``, which would refuse the Stop button too while the queue is full.
 Each run writes its own run folder under ``<outputs>/app/`` (the prompt only ever becomes a slug of
-[a-z0-9_]).
+[a-z0-9_]). What a visitor types is data: it is never interpolated into the config, the teacher is
+picked from the server's list (the config's, and the pipeline folders under ``--teacher-dir``), a
+visitor's Stop ends only that visitor's run, and the server sends only the files its runs produced
+(SECURITY.md).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import queue
+import tempfile
 import threading
 from pathlib import Path
 
@@ -43,10 +48,11 @@ class DemoRunner:
     """Turns the page's inputs into runs of the training pipeline, one at a time on the device, with at
     most ``max_waiting`` runs waiting for it."""
 
-    def __init__(self, config_path: str, overrides: list[str], max_waiting: int = 8):
+    def __init__(self, config_path: str, overrides: list[str], max_waiting: int = 8, teacher_dirs: list[Path] = ()):
         self.config_path, self.overrides, self.max_waiting = config_path, overrides, max_waiting
         self.default = load_config(config_path, overrides)
-        self.stop_event = threading.Event()
+        self.teachers = offered_teachers(self.default.teacher.pretrained, teacher_dirs)
+        self._stop_events: dict[str, threading.Event] = {}  # the running run's, by the visitor's session
         self.device_lock = threading.Lock()  # held by the run (or comparison) using the device
         self._waiting = 0
         self._waiting_count_lock = threading.Lock()
@@ -71,18 +77,24 @@ class DemoRunner:
 
     def make_config(self, prompt: str, estimator: str, divergence: str, steps: float, seed: float, resolution: float,
                     teacher: str) -> Config:
-        """The run's config; a gr.Error (shown in the page, no run started) for bad input."""
+        """The run's config; a gr.Error (shown in the page, no run started) for bad input. ``teacher`` is a
+        name from ``self.teachers`` (empty: the config's)."""
         check_prompt_and_steps(prompt, steps)
+        if estimator not in ESTIMATORS:
+            raise gr.Error(f"Pick an estimator from the list ({', '.join(ESTIMATORS)}).")
+        if teacher and teacher not in self.teachers:
+            raise gr.Error(f"Pick a teacher from the list ({', '.join(self.teachers)}).")
         method = Method(estimator, divergence if ESTIMATORS[estimator].uses_divergence else "")
+        pretrained = self.teachers[teacher] if teacher else self.default.teacher.pretrained
         overrides = [override("prompt", prompt), *method.overrides(self.default), f"trainer.max_steps={int(steps)}",
                      f"seed={int(seed)}", f"camera.height={int(resolution)}", f"camera.width={int(resolution)}",
-                     override("teacher.pretrained", teacher.strip() or self.default.teacher.pretrained), "name=app"]
+                     override("teacher.pretrained", pretrained), "name=app"]
         try:
             return load_config(self.config_path, [*self.overrides, *overrides])
         except UserError as error:
             raise gr.Error(str(error)) from None
 
-    def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher):
+    def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher, request: gr.Request = None):
         """Yields (status, preview, video, model, files) as training goes; the last has the results."""
         config = self.make_config(prompt, estimator, divergence, steps, seed, resolution, teacher)
         yield from self.wait_turn((WAITING, None, None, None, None))
@@ -93,9 +105,10 @@ class DemoRunner:
             if isinstance(error, TeacherNotFoundError):
                 raise gr.Error(str(error)) from None
             raise
-        self.stop_event.clear()
+        session, stop_event = visitor(request), threading.Event()
+        self._stop_events[session] = stop_event
         updates: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, args=(run, teacher_model, updates), daemon=True).start()
+        threading.Thread(target=self._work, args=(run, teacher_model, updates, stop_event), daemon=True).start()
         preview = None
         try:
             while (item := updates.get()) is not FINISHED:
@@ -104,13 +117,16 @@ class DemoRunner:
                 record, preview = item
                 yield status(record, config), preview, None, None, None
         except GeneratorExit:  # the page was closed: end the run rather than train for nobody
-            self.stop_event.set()
+            stop_event.set()
             raise
+        finally:
+            if self._stop_events.get(session) is stop_event:
+                del self._stop_events[session]
         paths = run.paths
         files = [str(paths.mesh(f)) for f in config.export.formats]
-        yield f"Done: {paths.root}", preview, str(paths.video), str(paths.mesh("glb")), files
+        yield f"Done: {paths.root.name}", preview, str(paths.video), str(paths.mesh("glb")), files
 
-    def _work(self, run: Run, teacher: DiffusionTeacher, updates: queue.Queue) -> None:
+    def _work(self, run: Run, teacher: DiffusionTeacher, updates: queue.Queue, stop_event: threading.Event) -> None:
         """Trains and exports in its own thread; gives the device back when done, whatever happened."""
         try:
             cameras = turntable_cameras(run.config.video, 1, 128, run.device)
@@ -118,7 +134,7 @@ class DemoRunner:
             def on_log(record: dict, trainer: Trainer) -> None:
                 updates.put((record, trainer.output_representation().render_images(cameras)[0]))
 
-            run.train(teacher, stop_requested=self.stop_event.is_set, on_log=on_log,
+            run.train(teacher, stop_requested=stop_event.is_set, on_log=on_log,
                       formats=sorted(set(run.config.export.formats) | {"glb"}))
             updates.put(FINISHED)
         except Exception as error:  # reported in the page
@@ -126,8 +142,12 @@ class DemoRunner:
         finally:
             self.device_lock.release()
 
-    def stop(self) -> str:
-        self.stop_event.set()
+    def stop(self, request: gr.Request = None) -> str:
+        """Ends the calling visitor's own run (never another's) after its current step."""
+        stop_event = self._stop_events.get(visitor(request))
+        if stop_event is None:
+            return "Nothing of yours is running."
+        stop_event.set()
         return "Stopping after this step; the video and meshes of what was made so far follow."
 
     def compare(self, prompt, methods, seeds, steps):
@@ -145,6 +165,31 @@ class DemoRunner:
         finally:
             self.device_lock.release()
         yield str(root / "grid.png"), str(root / "grid.mp4"), (root / "table.md").read_text()
+
+
+def visitor(request: gr.Request | None) -> str:
+    """The visitor's session (one browser page or API client); "" for calls from Python."""
+    return request.session_hash if request is not None and request.session_hash else ""
+
+
+def offered_teachers(default: str, teacher_dirs: list[Path]) -> dict[str, str]:
+    """The teachers a visitor may pick, by name: the config's (named by its folder or hub id), and every
+    diffusers pipeline folder (one with a model_index.json) that is, or is directly inside, a ``teacher_dirs`` folder."""
+    teachers = {Path(default).name or default: default}
+    for folder in map(Path, teacher_dirs):
+        for candidate in [folder, *(sorted(folder.iterdir()) if folder.is_dir() else [])]:
+            if (candidate / "model_index.json").is_file():
+                teachers.setdefault(candidate.name, str(candidate.resolve()))
+    return teachers
+
+
+def served_folders(runner: DemoRunner) -> list[str]:
+    """What Gradio may serve besides the files the demo returns (which it copies into its own cache):
+    nothing, unless the runs' folder lies outside the current folder and the temporary folder, from
+    where Gradio would not copy them; then that folder of the demo's own runs alone."""
+    runs = (Path(runner.default.outputs) / "app").resolve()
+    inside = any(runs.is_relative_to(Path(root).resolve()) for root in (Path.cwd(), tempfile.gettempdir()))
+    return [] if inside else [str(runs)]
 
 
 def check_prompt_and_steps(prompt: str, steps: float) -> None:
@@ -183,7 +228,7 @@ def build_demo(runner: DemoRunner) -> gr.Blocks:
                         seed = gr.Number(value=default.seed, precision=0, label="Seed")
                         resolution = gr.Dropdown(sorted({16, 32, 64, 128, 256, default.camera.height}), value=default.camera.height,
                                                  label="Render resolution")
-                    teacher = gr.Textbox(value=default.teacher.pretrained, label="Teacher (folder or hub id)")
+                    teacher = gr.Dropdown(list(runner.teachers), value=next(iter(runner.teachers)), label="Teacher")
                     with gr.Row():
                         run = gr.Button("Generate", variant="primary")
                         stop = gr.Button("Stop")
@@ -215,12 +260,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="a public gradio.live link (off unless asked for)")
     parser.add_argument("--config", default="configs/shapeworld.yaml")
     parser.add_argument("--queue-size", type=int, default=8, help="runs that may wait for the device; more are told to try later")
+    parser.add_argument("--teacher-dir", type=Path, action="append", default=[],
+                        help="offer the teacher pipeline folders in (or at) FOLDER besides the config's (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = parser.parse_args(argv)
     register_evaluator()  # ShapeWorld prompts get example buttons and are scored
-    demo = build_demo(DemoRunner(args.config, args.overrides, max_waiting=args.queue_size))
+    runner = DemoRunner(args.config, args.overrides, max_waiting=args.queue_size, teacher_dirs=args.teacher_dir)
+    demo = build_demo(runner)
     demo.queue(default_concurrency_limit=None)  # the runner queues runs for the device itself
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(Path.cwd())])
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=served_folders(runner))
 
 
 if __name__ == "__main__":

@@ -47,16 +47,18 @@ def overrides_for_fast_runs(teacher: str, folder) -> list[str]:
     ]
 
 
-def start_demo(folder, *extra_overrides: str, queue_size: int = 4):
+def start_demo(folder, *extra_overrides: str, queue_size: int = 4, teacher_dirs: list = ()):
     """The Gradio demo of the embedded default (configs/shapeworld.yaml, the shipped teacher) on a free
-    localhost port, with fast-run overrides; call ``.close()`` after."""
+    localhost port, with fast-run overrides, served as ``app.main`` serves it; call ``.close()`` after."""
     import app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     overrides = [*overrides_for_fast_runs(SHAPEWORLD_TEACHER, folder), *extra_overrides]
-    demo = app.build_demo(app.DemoRunner("configs/shapeworld.yaml", overrides, max_waiting=queue_size))
+    runner = app.DemoRunner("configs/shapeworld.yaml", overrides, max_waiting=queue_size, teacher_dirs=teacher_dirs)
+    demo = app.build_demo(runner)
     demo.queue(default_concurrency_limit=None)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=["/tmp"])
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=app.served_folders(runner))
     return demo

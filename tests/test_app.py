@@ -1,13 +1,16 @@
 """The demo's API, driven with gradio_client against a server on localhost running the embedded
 default (the shipped ShapeWorld teacher) with fast-run overrides."""
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import gradio_client
 import pytest
 
 from tests.conftest import start_demo
 
-EMBEDDED = ""  # an empty teacher box means the config's, the shipped ShapeWorld teacher
+EMBEDDED = "shapeworld-teacher"  # the config's teacher, offered by its folder's name
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +19,23 @@ def demo_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(demo_folder):
-    demo = start_demo(demo_folder, "trainer.log_every=1")
-    yield gradio_client.Client(demo.local_url, verbose=False)
+def demo(demo_folder):
+    broken = demo_folder / "teachers" / "broken"  # a pipeline folder with nothing in it but its index
+    broken.mkdir(parents=True)
+    (broken / "model_index.json").write_text('{"_class_name": "PixelDiffusionPipeline"}')
+    demo = start_demo(demo_folder, "trainer.log_every=1", teacher_dirs=[demo_folder / "teachers"])
+    yield demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(demo):
+    return gradio_client.Client(demo.local_url, verbose=False)
+
+
+def wait_for(job, *states: str) -> None:
+    while job.status().code.name not in states:
+        time.sleep(0.2)
 
 
 def test_a_short_run_on_the_embedded_teacher_returns_a_video_and_meshes(client):
@@ -38,9 +54,14 @@ def test_bad_input_is_refused_in_the_page(client, prompt, steps, message):
         client.predict(prompt, "sds", "fkl", steps, 0, 16, EMBEDDED, api_name="/generate")
 
 
-def test_a_missing_teacher_is_refused_and_frees_the_device(client, tmp_path):
+def test_only_the_offered_teachers_can_be_picked(client, tmp_path):
+    with pytest.raises(Exception, match="not in the list of choices|Pick a teacher"):
+        client.predict("a red vase", "sds", "fkl", 1, 0, 16, str(tmp_path), api_name="/generate")
+
+
+def test_a_broken_teacher_is_refused_and_frees_the_device(client):
     with pytest.raises(Exception, match="cannot load teacher"):
-        client.predict("a red vase", "sds", "fkl", 1, 0, 16, str(tmp_path / "no-teacher"), api_name="/generate")
+        client.predict("a red vase", "sds", "fkl", 1, 0, 16, "broken", api_name="/generate")
     next_run = client.submit("a red vase", "sds", "fkl", 1, 0, 16, EMBEDDED, api_name="/generate")
     assert next_run.result(timeout=120)[0].startswith("Done")  # a device left locked would keep it waiting
 
@@ -55,6 +76,29 @@ def test_stop_ends_the_run_and_keeps_what_was_made(client):
 
 
 
+def test_a_visitor_stops_only_their_own_run(demo):
+    owner, other = (gradio_client.Client(demo.local_url, verbose=False) for _ in range(2))
+    job = owner.submit("a blue cube", "sds", "fkl", 5000, 0, 16, EMBEDDED, api_name="/generate")
+    wait_for(job, "ITERATING")
+    assert other.predict(api_name="/stop") == "Nothing of yours is running."
+    logged = len(job.outputs())
+    while len(job.outputs()) < logged + 2:  # it trains on
+        assert not job.done()
+        time.sleep(0.2)
+    assert owner.predict(api_name="/stop").startswith("Stopping")
+    assert job.result(timeout=120)[0].startswith("Done")
+
+
+def test_the_server_sends_only_the_files_its_runs_produced(demo, client, demo_folder):
+    _, _, video, model, files = client.predict("a red vase", "sds", "fkl", 2, 0, 16, EMBEDDED, api_name="/generate")
+    run_configs = list((demo_folder / "outputs" / "app").glob("*/config.yaml"))
+    assert run_configs
+    for private in (Path(".git/config").resolve(), Path("configs/shapeworld.yaml").resolve(), run_configs[0]):
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(f"{demo.local_url}gradio_api/file={private}")
+    assert urllib.request.urlopen(f"{demo.local_url}gradio_api/file={model}").status == 200  # what it returned
+
+
 def test_the_compare_tab_shows_the_grid_and_table_and_reuses_its_cells(client, demo_folder):
     image, video, table = client.predict("a green cube", "uni-instruct:fkl,sds", "0", 2, api_name="/compare")
     assert image.endswith(".png") and video
@@ -67,11 +111,6 @@ def test_the_compare_tab_shows_the_grid_and_table_and_reuses_its_cells(client, d
     assert record.stat().st_mtime_ns == finished_at  # not trained again
     with pytest.raises(Exception, match="Type a prompt"):
         client.predict(" ", "sds", "0", 2, api_name="/compare")
-
-
-def wait_for(job, *states: str) -> None:
-    while job.status().code.name not in states:
-        time.sleep(0.2)
 
 
 def test_a_full_queue_is_told_to_try_later(tmp_path):
