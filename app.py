@@ -31,14 +31,13 @@ from guidance.registry import ESTIMATORS
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
 from threed.cameras import turntable_cameras
 from threed.compare import Method, compare, parse_methods, parse_seeds
-from threed.config import Config, load_config, override
+from threed.config import MAX_PROMPT_CHARS, Config, load_config, override
 from threed.errors import UserError
 from threed.evaluation import evaluator_for
 from threed.run import Run
 from threed.shapeworld.evaluator import register_evaluator
 from threed.trainer import Trainer
 
-MAX_PROMPT_CHARS = 200
 MAX_STEPS = 20000
 FINISHED = object()
 WAITING = "Waiting for the run ahead of yours to finish…"
@@ -102,7 +101,7 @@ class DemoRunner:
             run, teacher_model = Run.start(config)
         except BaseException as error:  # no run started: the device is free again
             self.device_lock.release()
-            if isinstance(error, TeacherNotFoundError):
+            if isinstance(error, (TeacherNotFoundError, UserError)):
                 raise gr.Error(str(error)) from None
             raise
         session, stop_event = visitor(request), threading.Event()
@@ -138,6 +137,7 @@ class DemoRunner:
                       formats=sorted(set(run.config.export.formats) | {"glb"}))
             updates.put(FINISHED)
         except Exception as error:  # reported in the page
+            run.discard_if_unstarted()
             updates.put(error)
         finally:
             self.device_lock.release()

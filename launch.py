@@ -65,7 +65,12 @@ def execute(args: argparse.Namespace) -> None:
         teacher = run.load_teacher() if args.resume else None
     log.info("run folder: %s (device: %s)", run.paths.root, run.device)
     if teacher is not None:
-        run.train(teacher, resume=bool(args.resume))
+        try:
+            run.train(teacher, resume=bool(args.resume))
+        except BaseException:
+            if args.train:  # a new run that failed before its first checkpoint leaves no folder behind
+                run.discard_if_unstarted()
+            raise
     else:
         representation = run.trained_representation()
         if args.test:

@@ -117,6 +117,7 @@ class ScoreDistillation(nn.Module):
                  guidance_scale: Ramp, views: ViewPromptSpec, bank_source: BankSource = draw_sample_bank):
         super().__init__()
         self.teacher, self.spec, self.guidance_scale, self.views = teacher, spec, guidance_scale, views
+        prompt = teacher.canonical_prompt(prompt)  # "an orange torus" as a closed-vocabulary teacher's captions say it
         self.prompts = PromptEmbeddings(teacher.embed_text, prompt, negative_prompt, views)
         self.fake_score = FakeScore(teacher, spec.fake_score) if spec.uses_fake_score() else None
         self.discriminator = None

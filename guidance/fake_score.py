@@ -85,12 +85,14 @@ class FakeScore(nn.Module):
 
     @contextmanager
     def _with_camera_embedding(self):
-        """The U-Net with the camera embedding as its class embedding; the teacher never sees it."""
+        """The U-Net with the camera embedding as its class embedding; the teacher never sees it, and gets
+        its own class embedding (None for Stable Diffusion) back afterwards."""
+        own = self.unet.class_embedding
         self.unet.class_embedding = self.camera_embedding
         try:
             yield self.unet
         finally:
-            self.unet.class_embedding = None
+            self.unet.class_embedding = own
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
                 camera: torch.Tensor) -> FakePrediction:

@@ -9,9 +9,11 @@ sampling: the guidance, the sample bank, the pixel pipeline and the teacher-qual
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
+from guidance.prompts import ClosedVocabulary
 from guidance.schedules import Ramp
 
 
@@ -36,6 +39,19 @@ def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: 
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
+def why_not_loaded(name: str, error: OSError) -> str:
+    """One line on why ``from_pretrained`` failed for ``name`` and what to do."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if os.path.isdir(name):
+        return f"the folder is not a complete diffusers pipeline ({detail}); point teacher.pretrained at one"
+    if os.path.exists(name):
+        return "it is a file, not a pipeline folder; point teacher.pretrained at a diffusers pipeline folder"
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1:
+        return "no such folder; set teacher.pretrained to a diffusers pipeline folder or a Hugging Face hub id"
+    return (f"as a Hugging Face hub id it is neither in the local cache nor reachable ({detail}); download it where "
+            f"there is network access (huggingface-cli download {name}) or set teacher.pretrained to a local folder")
+
+
 class TeacherNotFoundError(RuntimeError):
     """The teacher named in the config is neither a loadable folder nor an available hub model."""
 
@@ -47,18 +63,21 @@ class TeacherSpec:
     # training steps ({start, end, start_step, end_step}).
     guidance_scale: Ramp = field(default_factory=lambda: Ramp(100.0), metadata={"range": (0.0, None)})
     negative_prompt: str = ""
-    precision: str = field(default="fp16", metadata={"choices": tuple(PRECISIONS)})  # on CUDA; the CPU uses fp32
+    # The networks' precision on CUDA (the CPU uses fp32). bf16 needs no loss scaling for the estimators
+    # that backpropagate through the U-Nets; with fp16 the trainer scales their loss (torch.amp.GradScaler).
+    precision: str = field(default="bf16", metadata={"choices": tuple(PRECISIONS)})
 
 
 class DiffusionTeacher(nn.Module):
     """Frozen U-Net, text encoder and (for latent teachers) VAE, with the noise schedule they were trained on."""
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 scheduler: SchedulerMixin, vae: AutoencoderKL | None, name: str = ""):
+                 scheduler: SchedulerMixin, vae: AutoencoderKL | None, name: str = "",
+                 vocabulary: ClosedVocabulary | None = None):
         super().__init__()
         self.name = name  # the hub id or folder it was loaded from
         self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
-        self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.tokenizer, self.scheduler, self.vocabulary = tokenizer, scheduler, vocabulary
         self.requires_grad_(False).eval()
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
@@ -76,18 +95,20 @@ class DiffusionTeacher(nn.Module):
                 scheduler=DDPMScheduler.from_pretrained(**load, subfolder="scheduler"),
                 vae=AutoencoderKL.from_pretrained(**load, subfolder="vae") if components.get("vae", [None])[0] else None,
                 name=os.path.abspath(name) if os.path.isdir(name) else name,
+                vocabulary=ClosedVocabulary.load(Path(name)) if os.path.isdir(name) else None,
             )
         except OSError as error:
-            where = "the folder exists but is not a complete diffusers pipeline" if os.path.isdir(name) else (
-                "it is not a local folder, and as a Hugging Face hub id it is neither in the local cache nor reachable"
-            )
-            raise TeacherNotFoundError(
-                f"cannot load teacher {name!r}: {where} ({error}). Set teacher.pretrained to a local diffusers "
-                f"pipeline folder, or download the model first on a machine with network access "
-                f"(huggingface-cli download {name})."
-            ) from None
-        dtype = PRECISIONS[spec.precision] if device.type == "cuda" else torch.float32
-        return teacher.to(device=device, dtype=dtype)
+            raise TeacherNotFoundError(f"cannot load teacher {name!r}: {why_not_loaded(name, error)}") from None
+        teacher.to(device).cast_networks(PRECISIONS[spec.precision] if device.type == "cuda" else torch.float32)
+        return teacher
+
+    def cast_networks(self, dtype: torch.dtype) -> "DiffusionTeacher":
+        """The U-Net, text encoder and VAE in ``dtype``; the noise schedule stays float32 whatever it is
+        (in fp16 alpha_bar's rounding moves sigma by 7% at t = 1)."""
+        for network in (self.unet, self.text_encoder, self.vae):
+            if network is not None and network.dtype != dtype:
+                network.to(dtype)
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -99,14 +120,24 @@ class DiffusionTeacher(nn.Module):
 
     @torch.no_grad()
     def fingerprint(self) -> str:
-        """A short hash of the U-Net's and text encoder's weights: changes whenever the weights do, so
-        caches of the teacher's samples keyed by it go stale with retrained weights of the same name.
-        Hashes two moments of every tensor (one small transfer from the device), not their bytes,
-        rounded to 9 significant digits: a sum's last bits depend on the threads that computed it."""
-        tensors = [*self.unet.state_dict().values(), *self.text_encoder.state_dict().values()]
-        moments = torch.stack([torch.stack([t.double().sum(), t.double().abs().sum()]) for t in tensors])
-        text = " ".join(f"{value:.9g}" for value in moments.cpu().flatten().tolist())
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A hash of the bytes of the U-Net's and text encoder's weights (not of LoRA adapters a fake score
+        may have added to a shared U-Net: peft's ``lora_*`` tensors), and of the tokenizer's vocabulary and
+        the noise schedule's config: changes whenever what the teacher computes does, so caches of its
+        samples keyed by it go stale with retrained weights saved under the same name."""
+        digest = hashlib.sha256()
+        for network in (self.unet, self.text_encoder):
+            for key, tensor in network.state_dict().items():
+                if "lora_" not in key:
+                    digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+        digest.update(json.dumps(sorted(self.tokenizer.get_vocab().items())).encode())
+        digest.update(json.dumps(dict(self.scheduler.config), sort_keys=True, default=str).encode())
+        return digest.hexdigest()[:24]
+
+    def canonical_prompt(self, prompt: str) -> str:
+        """The prompt as this teacher's captions write it: unchanged for an open-vocabulary teacher; for a
+        closed-vocabulary one (``ClosedVocabulary``, saved beside its model_index.json), its canonical form,
+        or a ValueError that says which prompts it knows."""
+        return self.vocabulary.canonical(prompt) if self.vocabulary is not None else prompt
 
     @property
     def num_train_timesteps(self) -> int:

@@ -8,10 +8,19 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from guidance.tiny_teacher import build_tiny_pipeline  # noqa: E402
 
 SHAPEWORLD_TEACHER = str(Path(__file__).resolve().parent.parent / "assets" / "shapeworld-teacher")
+
+
+@pytest.fixture(autouse=True)
+def deterministic_algorithms_restored():
+    """Training turns torch's process-wide deterministic mode on (trainer.deterministic); no test leaks it."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,7 @@ def test_a_short_run_on_the_embedded_teacher_returns_a_video_and_meshes(client):
 
 
 @pytest.mark.parametrize("prompt, steps, message", [
-    ("", 3, "Type a prompt"), ("x" * 300, 3, "keep it under"), ("a red vase", 0, "Steps must be between"),
+    ("", 3, "Type a prompt"), ("x" * 301, 3, "keep it under"), ("a red vase", 0, "Steps must be between"),
 ])
 def test_bad_input_is_refused_in_the_page(client, prompt, steps, message):
     with pytest.raises(Exception, match=message):

@@ -126,18 +126,28 @@ def test_v_prediction_teacher_trains(fast_overrides, tiny_v_teacher):
     (["trainer.max_steps=lots"], "bad value for config key 'trainer.max_steps'"),
     (["teacher.pretrained=nobody/no-such-teacher"], "cannot load teacher 'nobody/no-such-teacher'"),
     (["--outputs", "{a_file}/runs"], "cannot write run folder"),
+    (["teacher.pretrained={tmp_path}/no-teacher"], "no such folder"),
+    (["name=../../escaped"], "is not a plain folder name"),
+    (["name=/tmp/escaped"], "is not a plain folder name"),
+    (["--outputs", ""], "is not a usable folder"),
+    (["--outputs", "{tmp_path}/../escaped"], "is not a usable folder"),
+    (["seed=99999999999999999999999"], "seed = 99999999999999999999999 is out of range"),
+    (["optim.lr_encoding=1e30"], "optim.lr_encoding = 1e+30 is out of range"),
+    (["--prompt", "a" * 10_000], "keep it under"),
+    (["geometry.grid.backend=tcnn"], "geometry.grid.backend=tcnn needs tiny-cuda-nn"),
 ])
 def test_user_errors_are_one_clear_line(args, message, capsys, tmp_path, fast_overrides):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    args = [arg.format(a_file=a_file) for arg in args]
+    args = [arg.format(a_file=a_file, tmp_path=tmp_path) for arg in args]
     if "--outputs" in args:
         fast_overrides = [o for o in fast_overrides if not o.startswith("outputs=")]
     assert launch.main(["--config", "configs/tiny.yaml", "--train", *fast_overrides, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err
-    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "huggingface-cli download /" not in err
     assert not (tmp_path / "outputs").exists()  # a failed start leaves no run folder behind
+    assert not list(tmp_path.parent.glob("escaped")) and not Path("/tmp/escaped").exists()
 
 
 def test_debug_shows_the_traceback():

@@ -29,7 +29,7 @@ def test_teacher_trains_and_saves_a_loadable_pipeline(tmp_path, monkeypatch):
 
 
 def test_a_killed_teacher_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True)  # restored after the test (conftest)
     images, captions = train_teacher.load_data(None, per_prompt=1, seed=0)
 
     def trainer(out):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from threed.errors import RunDirError
 from threed.files import save_torch
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,20 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
     return upgraded(torch.load(path, map_location=device, weights_only=True))
+
+
+def load_latest_checkpoint(folder: Path, device: torch.device) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads, and its state; a damaged one (truncated, say, by a full disk or a
+    copy cut short) is passed over with a warning that names it. None when the folder has none at all."""
+    found = list_checkpoints(folder)
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path, device)
+        except Exception as error:  # torch.load's errors for a damaged file vary: zip, pickle, EOF
+            log.warning("checkpoint %s is damaged and was passed over (%s)", path, str(error).splitlines()[0])
+    if found:
+        raise RunDirError(f"no checkpoint in {folder} can be read ({len(found)} damaged); start the run again with --train")
+    return None
 
 
 def upgraded(state: dict) -> dict:

@@ -1,19 +1,27 @@
 """The run configuration: YAML files and ``key.path=value`` overrides merged onto typed dataclasses.
 
 Validation is strict. An unknown key (with the closest valid key suggested), a value of the wrong
-type, a value outside the range or choices declared in a field's metadata, or a missing prompt is
-a ``ConfigError`` naming the key. A number given for a ramp (``teacher.guidance_scale=50``) is the
-constant ramp ``{start: 50}``.
+type, a value outside the range or choices declared in a field's metadata, a missing or over-long
+prompt, or a run name or outputs folder that could reach outside its place is a ``ConfigError``
+naming the key, raised before anything is written. A number given for a ramp
+(``teacher.guidance_scale=50``) is that constant, whatever ramp it replaces.
+
+Text is data: strings given through ``override`` (the prompt on the command line, everything the
+demo takes) and strings saved in a run's config.yaml are never resolved as OmegaConf interpolations
+(``${oc.env:HOME}`` stays those characters). A relative ``teacher.pretrained`` in a YAML file names
+a folder beside that file or in the project, never one in the current folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -23,17 +31,24 @@ from guidance.schedules import Ramp
 from guidance.teacher import TeacherSpec
 from nerf.background import BackgroundSpec
 from nerf.field import FieldSpec
+from nerf.hashgrid import tcnn_available
 from nerf.renderer import RenderSpec
 from threed.cameras import CameraSpec, TurntableSpec
 from threed.errors import ConfigError
 from threed.export import ExportSpec
+from threed.files import write_text
 from threed.regularizers import RegularizerSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_PROMPT_CHARS = 300
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a single folder name, never "." or ".."
+LEARNING_RATE = (0.0, 1.0)
 
 
 @dataclass
 class OptimSpec:
-    lr_encoding: float = field(default=0.01, metadata={"range": (0.0, None)})
-    lr_networks: float = field(default=0.001, metadata={"range": (0.0, None)})
+    lr_encoding: float = field(default=0.01, metadata={"range": LEARNING_RATE})
+    lr_networks: float = field(default=0.001, metadata={"range": LEARNING_RATE})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = field(default=1e-15, metadata={"range": (0.0, None)})
     # A factor on both learning rates, by step: {start: 1.0, end: 0.1, start_step: 150, end_step: 300}
@@ -64,8 +79,8 @@ class TrainerSpec:
 @dataclass
 class Config:
     prompt: str = MISSING
-    name: str = ""  # the run folder's parent; the config file's name when empty
-    seed: int = 0
+    name: str = ""  # the run folder's parent (a plain folder name); the config file's name when empty
+    seed: int = field(default=0, metadata={"range": (0, 2**63 - 1)})
     outputs: str = "outputs"
     geometry: FieldSpec = field(default_factory=FieldSpec)
     render: RenderSpec = field(default_factory=RenderSpec)
@@ -110,18 +125,47 @@ def read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list:
         raise ConfigError(f"config {str(path)!r} includes itself through 'base:'")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pick one of configs/*.yaml")
-    content = OmegaConf.load(path)
+    try:
+        content = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{line}: "
+                          f"{getattr(error, 'problem', None) or error}") from None
+    if not isinstance(content, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    resolve_teacher_folder(content, path.parent)
     base = content.pop("base", None)
     if base is None:
         return [content]
     return read_yaml_chain(path.parent / base, (*seen, path.resolve())) + [content]
 
 
+def resolve_teacher_folder(content: DictConfig, config_folder: Path) -> None:
+    """A relative ``teacher.pretrained`` of a YAML file made absolute where it names a folder beside the
+    file or in the project (``assets/shapeworld-teacher``), whatever the current folder; otherwise (a
+    hub id such as ``stabilityai/stable-diffusion-2-1-base``) left as it is."""
+    teacher = content.get("teacher")
+    name = teacher.get("pretrained") if isinstance(teacher, DictConfig) else None
+    if not isinstance(name, str) or Path(name).expanduser().is_absolute():
+        return
+    for root in (config_folder, PROJECT_ROOT):
+        if (root / name).is_dir():
+            teacher["pretrained"] = str((root / name).resolve())
+            return
+
+
+def literal(text: str) -> str:
+    """``text`` as OmegaConf reads it back without resolving it: every ``${`` escaped."""
+    return text.replace("${", "\\${")
+
+
 def override(key: str, value) -> str:
-    """``key=value`` as omegaconf's dotlist reads it back unchanged (a prompt may hold commas or quotes):
-    strings become YAML single-quoted scalars, where only the quote itself is escaped, by doubling."""
+    """``key=value`` as omegaconf's dotlist reads it back unchanged (a prompt may hold commas, quotes or
+    ``${...}``): strings become YAML single-quoted scalars, where only the quote itself is escaped, by
+    doubling, and are never resolved as interpolations."""
     if isinstance(value, str):
-        value = "'" + value.replace("'", "''") + "'"
+        value = "'" + literal(value).replace("'", "''") + "'"
     return f"{key}={value}"
 
 
@@ -141,7 +185,7 @@ def numbers_as_ramps(node: DictConfig, schema: type = Config, prefix: str = "") 
         value = node.get(spec_field.name) if isinstance(node, DictConfig) else None
         kind = types[spec_field.name]
         if kind is Ramp and isinstance(value, (int, float)) and not isinstance(value, bool):
-            node[spec_field.name] = {"start": float(value)}
+            node[spec_field.name] = dataclasses.asdict(Ramp(float(value)))  # the whole ramp: a constant
         elif kind is Ramp and value is not None and not isinstance(value, DictConfig):
             raise ConfigError(f"{prefix}{spec_field.name} = {value!r} is not a number or a ramp: give e.g. 2.0 or "
                               f"{{start: 2.0, end: 1.0, start_step: 100, end_step: 200}}")
@@ -181,6 +225,17 @@ def validate(config: Config) -> None:
     check_metadata(config, prefix="")
     if not config.prompt.strip():
         raise ConfigError("the prompt is empty: pass --prompt \"a red vase\" or set prompt in the config")
+    if len(config.prompt) > MAX_PROMPT_CHARS:
+        raise ConfigError(f"the prompt has {len(config.prompt)} characters; keep it under {MAX_PROMPT_CHARS}")
+    if not RUN_NAME.fullmatch(config.name):
+        raise ConfigError(f"name = {config.name!r} is not a plain folder name: use up to 64 letters, digits, "
+                          f"'.', '_' and '-', starting with a letter or digit (no '/' and no '..')")
+    if config.geometry.grid.backend == "tcnn" and not tcnn_available():
+        raise ConfigError("geometry.grid.backend=tcnn needs tiny-cuda-nn and a CUDA device, and this machine lacks "
+                          "one: use geometry.grid.backend=auto (tiny-cuda-nn where it can run) or torch")
+    if not config.outputs.strip() or ".." in Path(config.outputs).parts:
+        raise ConfigError(f"outputs = {config.outputs!r} is not a usable folder: give a folder without '..', "
+                          f"e.g. --outputs outputs")
     unknown = sorted(set(config.export.formats) - set(EXPORT_FORMATS))
     if unknown:
         raise ConfigError(f"export.formats has unknown formats {unknown}; use any of {list(EXPORT_FORMATS)}")
@@ -210,7 +265,15 @@ def check_range(key: str, value, low, high) -> None:
 
 
 def save_config(config: Config, path: Path) -> None:
-    OmegaConf.save(OmegaConf.structured(config), path)
+    """The config as YAML (atomically), its strings escaped so that reading it back never resolves them."""
+    def escaped(node):
+        if isinstance(node, dict):
+            return {key: escaped(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [escaped(value) for value in node]
+        return literal(node) if isinstance(node, str) else node
+
+    write_text(path, OmegaConf.to_yaml(OmegaConf.create(escaped(dataclasses.asdict(config)))))
 
 
 def flat_config(config: Config) -> dict:
@@ -222,4 +285,4 @@ def flat_config(config: Config) -> dict:
         else:
             yield prefix[:-1], node
 
-    return dict(leaves(OmegaConf.to_container(OmegaConf.structured(config)), ""))
+    return dict(leaves(dataclasses.asdict(config), ""))

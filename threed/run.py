@@ -6,16 +6,17 @@ tools all go through it.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from guidance.teacher import DiffusionTeacher
-from threed.checkpoint import latest_checkpoint, load_checkpoint
-from threed.config import Config, load_config, save_config
+from threed.checkpoint import latest_checkpoint, load_latest_checkpoint
+from threed.config import Config, flat_config, load_config, save_config
 from threed.device import default_device
-from threed.errors import RunDirError
+from threed.errors import ConfigError, RunDirError
 from threed.evaluation import evaluator_for
 from threed.export import save_mesh
 from threed.files import write_json
@@ -28,9 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class Run:
-    def __init__(self, config: Config, paths: RunPaths, device: torch.device | None = None):
+    def __init__(self, config: Config, paths: RunPaths, device: torch.device | None = None, changed: list[str] = ()):
         self.config, self.paths = config, paths
         self.device = device or default_device()
+        self.changed = list(changed)  # "key: saved -> now" for each key an override changed on an existing run
 
     @classmethod
     def start(cls, config: Config, root: Path | None = None) -> tuple["Run", DiffusionTeacher]:
@@ -39,6 +41,10 @@ class Run:
         (made if missing: the comparison names its cells' folders). The config is saved in it."""
         device = default_device()
         teacher = DiffusionTeacher.from_pretrained(config.teacher, device)
+        try:
+            teacher.canonical_prompt(config.prompt)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if root is None:
             paths = create_run_folder(config.outputs, config.name, config.prompt)
         else:
@@ -51,7 +57,9 @@ class Run:
     def open(cls, run_dir: str | Path, overrides: list[str] = ()) -> "Run":
         """An existing run folder, its saved config with ``overrides`` applied."""
         paths = existing_run_folder(run_dir)
-        return cls(load_config(paths.config, overrides), paths)
+        saved, config = (flat_config(load_config(paths.config, given)) for given in ([], overrides))
+        changed = [f"{key}: {saved[key]!r} -> {config[key]!r}" for key in saved if saved[key] != config[key]]
+        return cls(load_config(paths.config, overrides), paths, changed=changed)
 
     def load_teacher(self) -> DiffusionTeacher:
         return DiffusionTeacher.from_pretrained(self.config.teacher, self.device)
@@ -60,7 +68,14 @@ class Run:
         """The run's trainer, at its latest checkpoint with ``resume``."""
         trainer = Trainer(self.config, self.paths, teacher)
         if resume:
-            trainer.resume()
+            try:
+                trainer.resume()
+            except (RuntimeError, KeyError, ValueError) as error:  # load_state_dict: shapes or keys differ
+                if not self.changed:
+                    raise
+                raise ConfigError(f"{self.paths.root}'s checkpoint cannot take what the overrides changed "
+                                  f"({'; '.join(self.changed)}): resume without them, or --train a new run "
+                                  f"({str(error).splitlines()[0][:120]})") from None
         return trainer
 
     def train(self, teacher: DiffusionTeacher, resume: bool = False,
@@ -78,16 +93,22 @@ class Run:
     def trained_representation(self) -> Representation:
         """The representation of the run's latest checkpoint (no teacher is loaded), with the moving average of
         its parameters where ``trainer.ema_decay`` asks for one, as the run's own outputs show it."""
-        found = latest_checkpoint(self.paths.checkpoints)
+        found = load_latest_checkpoint(self.paths.checkpoints, self.device)
         if found is None:
             raise RunDirError(f"{self.paths.root} has no checkpoint yet; train it first (--resume {self.paths.root})")
-        state = load_checkpoint(found, self.device)
+        _, state = found
         representation = build_representation(self.config).to(self.device)
         representation.load_state_dict(state["representation"])
         ema = make_ema(representation, self.config.trainer)
         if ema and state.get("ema"):
             ema.load_state_dict(state["ema"])
         return with_averaged_parameters(representation, ema).eval()
+
+    def discard_if_unstarted(self) -> None:
+        """Removes the run folder if no checkpoint was ever written to it: a start that failed leaves nothing behind."""
+        if latest_checkpoint(self.paths.checkpoints) is None:
+            shutil.rmtree(self.paths.root, ignore_errors=True)
+            log.info("removed %s: the run stopped before its first checkpoint", self.paths.root)
 
     def export(self, representation: Representation, formats: list[str]) -> None:
         """The turntable video and the meshes (in ``formats``) of ``representation``."""

@@ -22,10 +22,10 @@ from guidance.distillation import GuidanceOutput, ScoreDistillation, ViewBatch
 from guidance.sample_bank import SampleBankSpec, bank_key, draw_sample_bank
 from guidance.teacher import DiffusionTeacher
 from threed.cameras import CameraBatch, sample_cameras
-from threed.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from threed.checkpoint import checkpoint_path, latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
 from threed.config import Config, TrainerSpec
 from threed.errors import NonFiniteLossError
-from threed.files import save_torch
+from threed.files import save_torch, write_text
 from threed.representation import RenderedViews, Representation
 from threed.run_folder import RunPaths
 from threed.video import save_validation_strip
@@ -95,10 +95,10 @@ class MetricsLog:
         self.path = path
 
     def drop_after(self, step: int) -> None:
-        """Forgets entries past ``step``: a resumed run logs those steps again."""
+        """Forgets entries past ``step`` (atomically): a resumed run logs those steps again."""
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            write_text(self.path, "".join(line + "\n" for line in kept))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as handle:
@@ -122,6 +122,9 @@ class Trainer:
         self.ema = make_ema(self.representation, config.trainer)
         groups = self.guidance.parameter_groups()
         self.guidance_optimizer = torch.optim.AdamW(groups, weight_decay=0.0) if groups else None
+        # Gradients through fp16 U-Nets underflow without loss scaling (torch.amp's rule); a no-op otherwise.
+        fp16 = teacher.dtype == torch.float16
+        self.loss_scalers = {name: torch.amp.GradScaler(device.type, enabled=fp16) for name in ("representation", "guidance")}
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.metrics = MetricsLog(paths.metrics)
         self.step = 0
@@ -135,6 +138,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None, "guidance": self.guidance.trainable_state_dict(),
                 "guidance_optimizer": self.guidance_optimizer.state_dict() if self.guidance_optimizer else None,
+                "loss_scalers": {name: scaler.state_dict() for name, scaler in self.loss_scalers.items()},
                 "generator": self.generator.get_state(), "training_s": self.training_seconds()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -146,6 +150,9 @@ class Trainer:
         self.guidance.load_trainable_state_dict(state["guidance"])
         if self.guidance_optimizer:
             self.guidance_optimizer.load_state_dict(state["guidance_optimizer"])
+        for name, scaler_state in state.get("loss_scalers", {}).items():
+            if scaler_state:  # a disabled scaler's state is empty
+                self.loss_scalers[name].load_state_dict(scaler_state)
         self.generator.set_state(state["generator"].cpu())
         self.earlier_sessions_s = state.get("training_s", 0.0)  # absent in checkpoints before 2026-11-23
 
@@ -154,14 +161,15 @@ class Trainer:
         return self.earlier_sessions_s + time.perf_counter() - self.session_started
 
     def resume(self) -> None:
-        """Continues from the run's latest checkpoint, if it has one."""
-        found = latest_checkpoint(self.paths.checkpoints)
+        """Continues from the run's latest intact checkpoint, if it has one."""
+        found = load_latest_checkpoint(self.paths.checkpoints, self.device)
         if found is None:
             log.info("no checkpoint in %s: starting from step 0", self.paths.checkpoints)
             return
-        self.load_state_dict(load_checkpoint(found, self.device))
+        path, state = found
+        self.load_state_dict(state)
         self.metrics.drop_after(self.step)
-        log.info("resumed from %s (step %d)", found, self.step)
+        log.info("resumed from %s (step %d)", path, self.step)
 
     def render_training_views(self, step: int, generator: torch.Generator,
                               shading: str | None = None) -> tuple[CameraBatch, RenderedViews, ViewBatch]:
@@ -178,7 +186,8 @@ class Trainer:
         out = self.guidance(views, self.step, self.generator)
         generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
         scale_learning_rates(self.optimizer, self.base_lrs, self.config.optim.lr_scale.at(self.step))
-        self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]])
+        self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]],
+                   self.loss_scalers["representation"])
         if self.ema:
             self.ema.step(self.representation.parameters())
         self._update_guidance(out, views)
@@ -194,20 +203,24 @@ class Trainer:
         """Steps the fake score and discriminator on this step's losses, then on fresh ones as often as
         ``guidance.fake_score.updates_per_step`` asks."""
         parameters = self.guidance.trainable_parameters()
-        self._step(self.guidance_optimizer, out.auxiliary_losses, parameters)
+        scaler = self.loss_scalers["guidance"]
+        self._step(self.guidance_optimizer, out.auxiliary_losses, parameters, scaler)
         if out.auxiliary_losses:
             for _ in range(self.config.guidance.fake_score.updates_per_step - 1):
                 losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.generator)
-                self._step(self.guidance_optimizer, losses, parameters)
+                self._step(self.guidance_optimizer, losses, parameters, scaler)
 
     @staticmethod
-    def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor]) -> None:
-        """Backpropagates ``losses`` into ``parameters`` only, then steps their optimiser (none without losses)."""
+    def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor],
+              scaler: torch.amp.GradScaler) -> None:
+        """Backpropagates ``losses`` (scaled, where ``scaler`` is enabled) into ``parameters`` only, then steps
+        their optimiser (none without losses)."""
         if not losses:
             return
         optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward(inputs=parameters)
-        optimizer.step()
+        scaler.scale(sum(losses.values())).backward(inputs=parameters)
+        scaler.step(optimizer)
+        scaler.update()
 
     def fit(self, stop_requested: Callable[[], bool] = lambda: False,
             on_log: Callable[[dict], None] = lambda record: None) -> None:
@@ -219,11 +232,13 @@ class Trainer:
         """
         spec = self.config.trainer
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        trained = [*self.representation.parameters(), *self.guidance.trainable_parameters()]
         self.session_started, first_step = time.perf_counter(), self.step
         with tqdm(total=spec.max_steps, initial=self.step, desc="train", dynamic_ncols=True) as progress:
             while self.step < spec.max_steps and not stop_requested():
                 result = self.training_step()
                 nonfinite |= ~torch.isfinite(sum(result.losses.values()))
+                nonfinite |= ~torch.stack([parameter.isfinite().all() for parameter in trained]).all()
                 progress.update(1)
                 if self.step % spec.log_every == 0 or self.step == spec.max_steps:
                     self._check_finite(nonfinite)
@@ -241,7 +256,8 @@ class Trainer:
         if nonfinite.item():
             last = latest_checkpoint(self.paths.checkpoints)
             raise NonFiniteLossError(
-                f"the loss became NaN or infinite before step {self.step}; no checkpoint was written from it. "
+                f"the loss or the parameters became NaN or infinite before step {self.step}; no checkpoint was "
+                f"written from them. "
                 f"Lower optim.lr_* or teacher.guidance_scale"
                 + (f", then resume from {last} with --resume {self.paths.root}" if last else "")
             )

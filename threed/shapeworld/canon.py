@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from guidance.prompts import VIEWS, ViewPromptSpec, view_index, view_prompt
+from guidance.prompts import VIEWS, ClosedVocabulary, ViewPromptSpec, view_index, view_prompt
 from threed.cameras import CameraSpec
 
 SignedDistance = Callable[[torch.Tensor], torch.Tensor]
@@ -152,13 +152,20 @@ PROMPTS = tuple(caption(shape, colour) for shape in SHAPES for colour in COLOURS
 SHOWCASE_PROMPTS = ("a red sphere", "a green cube", "a blue torus", "a yellow cylinder", "a purple cone", "an orange vase")
 
 
+# The teacher's captions, as a closed vocabulary: saved beside the teacher's pipeline (train_teacher), so
+# that "an orange torus", "Orange torus" or "a torus, orange" reach the object of "a orange torus".
+VOCABULARY = ClosedVocabulary("a {colour} {shape}", {"colour": COLOURS, "shape": SHAPES})
+
+
 def parse_prompt(prompt: str) -> tuple[str, str]:
-    """"a red torus" (a view suffix is allowed) -> ("torus", "red"); a ValueError names the canon otherwise."""
-    words = prompt.split(",")[0].strip().lower().split()
-    if len(words) != 3 or words[0] not in ("a", "an") or words[1] not in ALBEDOS or words[2] not in SIGNED_DISTANCES:
+    """"a red torus" (or "A torus, red", "red torus, side view": ``VOCABULARY``) -> ("torus", "red"); a
+    ValueError names the canon otherwise."""
+    try:
+        words, _ = VOCABULARY.parse(prompt)
+    except ValueError:
         raise ValueError(f"{prompt!r} is not a ShapeWorld prompt: use 'a COLOUR SHAPE' with a colour of "
-                         f"{list(COLOURS)} and a shape of {list(SHAPES)}")
-    return words[2], words[1]
+                         f"{list(COLOURS)} and a shape of {list(SHAPES)}") from None
+    return words["shape"], words["colour"]
 
 
 def is_canon_prompt(prompt: str) -> bool:

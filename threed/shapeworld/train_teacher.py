@@ -33,7 +33,7 @@ from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.prompts import VIEWS
 from guidance.teacher import encode_text
 from threed.files import save_torch
-from threed.shapeworld.canon import COLOURS, IMAGE_SIZE, SHAPES
+from threed.shapeworld.canon import COLOURS, IMAGE_SIZE, SHAPES, VOCABULARY
 from threed.shapeworld.render import generate_dataset
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ class TeacherTrainer:
         pipeline = PixelDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=self.tokenizer,
                                           scheduler=sampling_scheduler(self.scheduler))
         pipeline.save_pretrained(self.out / "pipeline")
+        VOCABULARY.save(self.out / "pipeline")
 
 
 def main(argv: list[str] | None = None) -> None:
