@@ -1,7 +1,8 @@
-"""Checks an estimator on the 1-D Gaussian problem against its quadrature reference.
+"""Checks an estimator on the 1-D Gaussian problem (or, with --mode-offset, its two-mode generator's
+variant, whose scores are non-linear) against its quadrature reference.
 
     python -m guidance.verify --estimator uni-instruct --divergence fkl --teacher-var 1.3 \\
-        --gen-scale 0.8 --sigma 0.5 --theta 0.4 --samples 1000000 --seed 0
+        --gen-scale 0.8 --sigma 0.5 --theta 0.4 --samples 1000000 --seed 0 [--mode-offset 1.0]
 
 prints one JSON object: the Monte Carlo mean of the project's own estimator's gradient in theta
 (exact scores and logit as the callables, ratio clamps and normalisation off, w = 1), its
@@ -18,7 +19,7 @@ import torch
 
 from guidance import estimators
 from guidance.divergences import DIVERGENCES, get_divergence
-from guidance.gaussian import GaussianProblem
+from guidance.gaussian import GaussianProblem, MixtureProblem
 from guidance.registry import ESTIMATORS
 
 
@@ -65,12 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--theta", type=float, default=0.4)
     parser.add_argument("--alpha-sid", type=float, default=0.5)
+    parser.add_argument("--mode-offset", type=float, default=0.0,
+                        help="m of the two-mode generator x_0 = theta + m s + a z (0: the Gaussian problem)")
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.teacher_var, args.gen_scale, args.sigma) <= 0 or args.samples < 2:
         parser.error("--teacher-var, --gen-scale and --sigma must be positive and --samples at least 2")
-    problem = GaussianProblem(args.teacher_var, args.gen_scale, args.sigma, args.theta)
+    problem = (MixtureProblem(args.teacher_var, args.gen_scale, args.sigma, args.theta, args.mode_offset)
+               if args.mode_offset else GaussianProblem(args.teacher_var, args.gen_scale, args.sigma, args.theta))
     estimate, stderr = monte_carlo(args.estimator, problem, args.divergence, args.alpha_sid, args.samples, args.seed)
     print(json.dumps({
         "estimator": args.estimator, "divergence": args.divergence, "estimate": estimate, "stderr": stderr,

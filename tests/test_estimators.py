@@ -7,11 +7,13 @@ import torch
 
 from guidance import estimators
 from guidance.divergences import DIVERGENCES, get_divergence
-from guidance.gaussian import GaussianProblem, divergence_gradient, expanded_divergence_gradient
+from guidance.gaussian import GaussianProblem, MixtureProblem, divergence_gradient, expanded_divergence_gradient
 from guidance.verify import main as verify_main
 from guidance.verify import monte_carlo, reference
 
 SPEC = GaussianProblem(teacher_var=1.3, gen_scale=0.8, sigma=0.5, theta=0.4)
+# Non-linear scores: a two-mode generator with unequal modes (v_q < 2 (a^2 + sigma^2) keeps chi2's moments finite).
+MIXTURE = MixtureProblem(teacher_var=1.0, gen_scale=0.5, sigma=0.5, theta=0.3, mode_offset=1.2, mode_weight=0.75)
 # v_q < a^2 + sigma^2 in these, so every moment of r is finite (needed for chi2's standard error).
 BOUNDED_RATIO = [
     GaussianProblem(teacher_var=0.6, gen_scale=0.7, sigma=0.4, theta=-0.3),
@@ -79,21 +81,44 @@ def test_sid_at_one_half_is_a_scaled_reverse_kl_surrogate():
     assert loss_sid.item() == pytest.approx(problem.sigma**4 / 2 * loss_rkl.item(), rel=1e-10)
 
 
-def test_a_biased_estimator_is_caught():
-    """The check has power: dropping Grad(SIM)'s conditional-score term biases Uni-Instruct visibly."""
-    problem = SPEC
+@pytest.mark.parametrize("estimator, divergence", [
+    *[(e, d) for e in ("uni-instruct", "f-distill") for d in sorted(DIVERGENCES)], ("vsd", "rkl"), ("sds", "rkl"),
+    ("sid", "rkl")])
+def test_estimator_is_unbiased_with_non_linear_scores(estimator, divergence):
+    estimate, stderr = monte_carlo(estimator, MIXTURE, divergence, 0.7, samples=300_000, seed=11)
+    expected = reference(estimator, MIXTURE, divergence, 0.7)
+    assert abs(estimate - expected) < 4 * stderr, (estimate, stderr, expected)
 
-    def without_conditional_score(sample, weight):
+
+def conditional_score_variant(problem, divergence: str, variant: str):
+    """Uni-Instruct's surrogate with Grad(SIM)'s conditional score dropped or with its sign flipped."""
+    div = get_divergence(divergence)
+
+    def loss(sample, weight):
         x_t = sample.x_t
-        y = problem.fake_score(x_t) - problem.teacher_score(x_t)
-        return (weight * estimators.per_sample(-2 * y * problem.fake_score(x_t))).mean()
+        s_q, s_p = problem.teacher_score(x_t), problem.fake_score(x_t)
+        y = s_p - s_q
+        h, r_dh = estimators.divergence_weights(div, torch.exp(problem.logit(x_t)), estimators.EXACT_RATIO)
+        s_c = sample.conditional_score(x_t)
+        wrong = s_p if variant == "dropped" else s_p + s_c
+        surrogate = (h - r_dh) * estimators.per_sample(y**2) - 2 * h * estimators.per_sample(y * wrong)
+        return (weight * surrogate).mean()
 
-    theta = torch.full((100_000,), problem.theta, dtype=torch.float64, requires_grad=True)
-    loss = without_conditional_score(problem.draw(theta, torch.Generator().manual_seed(0)), torch.ones(100_000))
+    return loss
+
+
+@pytest.mark.parametrize("variant", ["dropped", "flipped"])
+@pytest.mark.parametrize("divergence", sorted(DIVERGENCES))
+def test_a_wrong_conditional_score_term_is_caught_for_every_divergence(divergence, variant):
+    """The check has power where it matters: with non-linear scores, Uni-Instruct with its conditional-score
+    term dropped or flipped is biased for every divergence (with linear ones it was not, for reverse KL)."""
+    loss_fn, n = conditional_score_variant(MIXTURE, divergence, variant), 200_000
+    theta = torch.full((n,), MIXTURE.theta, dtype=torch.float64, requires_grad=True)
+    loss = loss_fn(MIXTURE.draw(theta, torch.Generator().manual_seed(3)), torch.ones(n, dtype=torch.float64))
     (grad,) = torch.autograd.grad(loss, theta)
-    per_sample = grad * 100_000
-    stderr = per_sample.std().item() / 100_000**0.5
-    assert abs(per_sample.mean().item() - reference("uni-instruct", problem, "rkl", 0.5)) > 10 * stderr
+    per_sample = grad * n
+    stderr = per_sample.std().item() / n**0.5
+    assert abs(per_sample.mean().item() - reference("uni-instruct", MIXTURE, divergence, 0.5)) > 6 * stderr
 
 
 def test_ratio_clamps_and_normalisation():
