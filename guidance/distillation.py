@@ -12,6 +12,7 @@ from typing import Callable, TypeVar
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from guidance import estimators
 from guidance.discriminator import DiscriminatorHead, DiscriminatorSpec, adversarial_loss, discriminator_loss
@@ -71,6 +72,15 @@ class GuidanceSpec:
 
     def uses_fake_score(self) -> bool:
         return self.uses_discriminator() or any(ESTIMATORS[name].needs_fake_score for name in self.estimators_used())
+
+
+def profiled(label: str, function: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
+    """``function`` with its calls labelled for torch.profiler (a no-op when no profiler runs)."""
+    def call(x_t: torch.Tensor) -> T:
+        with record_function(label):
+            return function(x_t)
+
+    return call
 
 
 def once_per_input(network: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
@@ -179,11 +189,13 @@ class ScoreDistillation(nn.Module):
         cond, uncond = self.prompts(views.elevation_deg, views.azimuth_deg)
         camera = views.c2w.flatten(1)
         scale = self.guidance_scale.at(step)
-        teacher_eps = once_per_input(lambda x_t: self.teacher.predict_eps_cfg(x_t, t, cond, uncond, scale))
+        teacher_eps = once_per_input(profiled("guidance.teacher", lambda x_t: self.teacher.predict_eps_cfg(
+            x_t, t, cond, uncond, scale)))
         if self.fake_score is None:
             return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma)
-        fake = once_per_input(lambda x_t: self.fake_score.predict(x_t, t, cond, camera))
-        logit = (lambda x_t: self.discriminator(fake(x_t).bottleneck)) if self.discriminator is not None else None
+        fake = once_per_input(profiled("guidance.fake_score", lambda x_t: self.fake_score.predict(x_t, t, cond, camera)))
+        logit = profiled("guidance.discriminator", lambda x_t: self.discriminator(fake(x_t).bottleneck)) \
+            if self.discriminator is not None else None
         return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma, fake=lambda x_t: -fake(x_t).eps / sigma, logit=logit)
 
     def forward(self, views: ViewBatch, step: int, generator: torch.Generator) -> GuidanceOutput:
@@ -198,7 +210,8 @@ class ScoreDistillation(nn.Module):
         if adversarial_weight > 0:
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(scores.logit(sample.x_t))
         latents = sample.x0.detach()
-        auxiliary, diagnostics = self.auxiliary_losses(latents, views, generator) if self.fake_score else ({}, {})
+        with record_function("guidance.auxiliary_losses"):
+            auxiliary, diagnostics = self.auxiliary_losses(latents, views, generator) if self.fake_score else ({}, {})
         return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics)
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The occupancy benchmark measures one run at several thresholds."""
+"""The benchmarks: the occupancy benchmark measures one run at several thresholds; the step breakdown names its parts."""
 from threed.tools.bench import bench_occupancy
 
 
@@ -8,3 +8,17 @@ def test_a_higher_occupancy_threshold_evaluates_fewer_samples_of_the_same_run(fa
     for measured in result["steps"].values():
         assert measured["5.0"]["samples_per_view"] < measured["0.0"]["samples_per_view"]
         assert all(cell["ms_per_view"] > 0 for cell in measured.values())
+
+
+def test_the_step_breakdown_names_each_part_of_a_training_step(fast_overrides):
+    from threed.tools.bench import bench_step
+
+    result = bench_step("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=uni-instruct"], warmup=1, steps=2)
+    parts = result["parts_ms"]
+    assert {"step.render", "step.guidance", "step.representation.backward", "step.representation.optimizer",
+            "step.guidance_update.backward", "guidance.teacher", "guidance.fake_score", "guidance.discriminator",
+            "guidance.auxiliary_losses"} <= set(parts)
+    assert all(value >= 0 for value in parts.values()) and result["step_ms_median"] > 0
+    nested = parts["guidance.teacher"] + parts["guidance.fake_score"] + parts["guidance.auxiliary_losses"]
+    assert nested <= 1.05 * parts["step.guidance"]  # the guidance's parts lie inside its step
+    assert result["peak_memory_mb"] > 0

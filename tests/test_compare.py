@@ -8,6 +8,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 import launch
 from threed.compare import Method, parse_methods, parse_seeds
@@ -29,6 +30,13 @@ def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overri
     assert [r["method"] for r in rows] == ["uni-instruct:fkl", "sds"]
     assert {"wall_time_s", "chamfer", "iou", "color_error", "diversity"} <= set(rows[0])
     assert float(rows[0]["diversity"]) > 0 and float(rows[0]["wall_time_s"]) > 0
+    from threed.shapeworld.evaluator import evaluate_mesh  # the table's numbers: the evaluator's seed means
+
+    for row, label in zip(rows, ("uni-instruct-fkl", "sds")):
+        scores = [evaluate_mesh(trimesh.load(root / label / f"seed{seed}" / "mesh" / "model.glb", force="mesh"),
+                                "a red cube") for seed in (0, 1)]
+        for key in ("chamfer", "iou", "color_error"):
+            assert float(row[key]) == pytest.approx(np.mean([score[key] for score in scores]), rel=1e-9), key
     table = (root / "table.md").read_text()
     assert "| uni-instruct:fkl |" in table and "means over the seeds" in table
 
@@ -95,8 +103,12 @@ def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overr
                                                          ["| an orange vase", "sds"], ["| an orange vase", "vsd"]]
     medians = [line for line in lines if line.startswith("| **median**")]
     assert len(medians) == 2 and "**vsd**" in medians[1]
-    iou = float(runs[0].split(" | ")[3])
-    assert 0.0 <= iou <= 1.0
+    cell_mesh = next(Path(o.split("=", 1)[1]) for o in fast_overrides if o.startswith("outputs=")) / "compare" / \
+        "tiny" / "a_red_cube" / "sds" / "seed0" / "mesh" / "model.ply"
+    from threed.shapeworld.evaluator import evaluate_mesh
+
+    assert float(runs[0].split(" | ")[3]) == pytest.approx(evaluate_mesh(trimesh.load(cell_mesh, force="mesh"),
+                                                                          "a red cube")["iou"], abs=5e-4)
     assert all(line.split(" | ")[-1] == f"{torch.get_num_threads()} |" for line in runs)  # the cells' own threads
 
     caplog.clear()

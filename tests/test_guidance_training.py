@@ -62,6 +62,40 @@ def test_adversarial_term_and_gradient_checkpointing(fast_overrides):
     torch.testing.assert_close(table_checkpointed, table)
 
 
+def test_gradient_checkpointing_is_on_in_both_u_nets(fast_overrides):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=vsd", "guidance.gradient_checkpointing=true"])
+    guidance = make_trainer(config).guidance
+    assert guidance.teacher.unet.is_gradient_checkpointing and guidance.fake_score.unet.is_gradient_checkpointing
+
+
+def test_the_adversarial_term_pushes_renders_towards_what_the_discriminator_calls_real():
+    """d is the discriminator's logit of "teacher sample": the generator's term falls as d rises, and its
+    gradient on d is negative; the discriminator's own loss falls as real logits rise and fake ones fall."""
+    from guidance.discriminator import adversarial_loss
+
+    logit = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    adversarial_loss(logit).backward()
+    assert (logit.grad < 0).all()
+    assert adversarial_loss(torch.tensor([3.0])) < adversarial_loss(torch.tensor([-3.0]))
+    assert discriminator_loss(torch.tensor([3.0]), torch.tensor([-3.0])) < discriminator_loss(torch.tensor([-3.0]), torch.tensor([3.0]))
+
+
+def test_the_camera_changes_the_fake_score_once_its_embedding_has_learned(tiny_teacher):
+    from guidance.fake_score import FakeScore, FakeScoreSpec
+
+    teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=tiny_teacher), torch.device("cpu"))
+    fake = FakeScore(teacher, FakeScoreSpec())
+    x_t, t, text = torch.randn(2, 4, 16, 16), torch.tensor([500, 500]), teacher.embed_text(["a vase"] * 2)
+    front, back = torch.eye(4).flatten()[None].repeat(2, 1), -torch.eye(4).flatten()[None].repeat(2, 1)
+    # Zero-initialised: at first the camera changes nothing, so training starts from the teacher.
+    torch.testing.assert_close(fake.predict_eps(x_t, t, text, front), fake.predict_eps(x_t, t, text, back))
+    with torch.no_grad():
+        for parameter in fake.camera_embedding.parameters():
+            parameter.normal_(0.0, 0.1)  # what training does to it
+    assert not torch.allclose(fake.predict_eps(x_t, t, text, front), fake.predict_eps(x_t, t, text, back), atol=1e-4)
+    assert teacher.unet.class_embedding is None  # the teacher never sees it
+
+
 def test_discriminator_head_learns_the_log_ratio_of_two_gaussians():
     torch.manual_seed(0)
     dim, mean_p, var_q, var_p = 4, 0.6, 1.5, 0.7

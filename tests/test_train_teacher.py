@@ -10,13 +10,15 @@ from threed.shapeworld import train_teacher
 
 def test_teacher_trains_and_saves_a_loadable_pipeline(tmp_path, monkeypatch):
     out = tmp_path / "teacher"
-    args = [str(out), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--checkpoint-every", "2"]
+    args = [str(out), "--architecture", "test", "--per-prompt", "1", "--batch", "4", "--checkpoint-every", "2",
+            "--device", "cpu"]
     train_teacher.main([*args, "--steps", "2"])
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
 
     teacher = DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=str(out / "pipeline")), torch.device("cpu"))
     assert teacher.vae is None and teacher.image_size == 64
     assert teacher.scheduler.config.prediction_type == "v_prediction"
+    assert teacher.canonical_prompt("an Orange torus") == "a orange torus"  # it ships its closed vocabulary
     ids = teacher.tokenizer("a orange cylinder, overhead view").input_ids
     assert len(ids) == 8  # bos, one token per word and the comma, eos
 

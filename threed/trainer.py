@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 from diffusers.training_utils import EMAModel
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from guidance.distillation import GuidanceOutput, ScoreDistillation, ViewBatch
@@ -180,16 +181,22 @@ class Trainer:
         return cameras, rendered, ViewBatch(rendered.images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
 
     def training_step(self) -> StepResult:
-        """One step of the representation and of the guidance's own parameters."""
-        self.representation.prepare_step(self.step, self.generator)
-        _, rendered, views = self.render_training_views(self.step, self.generator)
-        out = self.guidance(views, self.step, self.generator)
-        generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
+        """One step of the representation and of the guidance's own parameters. Its parts are labelled for
+        torch.profiler (``step.*``; ``python -m threed.tools.bench step`` reads them)."""
+        with record_function("step.prepare"):
+            self.representation.prepare_step(self.step, self.generator)
+        with record_function("step.render"):
+            _, rendered, views = self.render_training_views(self.step, self.generator)
+        with record_function("step.guidance"):
+            out = self.guidance(views, self.step, self.generator)
+        with record_function("step.regularizers"):
+            generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
         scale_learning_rates(self.optimizer, self.base_lrs, self.config.optim.lr_scale.at(self.step))
         self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]],
-                   self.loss_scalers["representation"])
-        if self.ema:
-            self.ema.step(self.representation.parameters())
+                   self.loss_scalers["representation"], "step.representation")
+        with record_function("step.ema"):
+            if self.ema:
+                self.ema.step(self.representation.parameters())
         self._update_guidance(out, views)
         self.step += 1
         losses = {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
@@ -204,23 +211,26 @@ class Trainer:
         ``guidance.fake_score.updates_per_step`` asks."""
         parameters = self.guidance.trainable_parameters()
         scaler = self.loss_scalers["guidance"]
-        self._step(self.guidance_optimizer, out.auxiliary_losses, parameters, scaler)
+        self._step(self.guidance_optimizer, out.auxiliary_losses, parameters, scaler, "step.guidance_update")
         if out.auxiliary_losses:
             for _ in range(self.config.guidance.fake_score.updates_per_step - 1):
-                losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.generator)
-                self._step(self.guidance_optimizer, losses, parameters, scaler)
+                with record_function("step.guidance_update.losses"):
+                    losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.generator)
+                self._step(self.guidance_optimizer, losses, parameters, scaler, "step.guidance_update")
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor],
-              scaler: torch.amp.GradScaler) -> None:
+              scaler: torch.amp.GradScaler, label: str) -> None:
         """Backpropagates ``losses`` (scaled, where ``scaler`` is enabled) into ``parameters`` only, then steps
-        their optimiser (none without losses)."""
+        their optimiser (none without losses); the two parts are profiled as ``label.backward`` and ``label.optimizer``."""
         if not losses:
             return
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward(inputs=parameters)
-        scaler.step(optimizer)
-        scaler.update()
+        with record_function(f"{label}.backward"):
+            scaler.scale(sum(losses.values())).backward(inputs=parameters)
+        with record_function(f"{label}.optimizer"):
+            scaler.step(optimizer)
+            scaler.update()
 
     def fit(self, stop_requested: Callable[[], bool] = lambda: False,
             on_log: Callable[[dict], None] = lambda record: None) -> None:

@@ -32,6 +32,7 @@ from guidance.offline_tokenizer import build_clip_tokenizer
 from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.prompts import VIEWS
 from guidance.teacher import encode_text
+from threed.device import default_device
 from threed.files import save_torch
 from threed.shapeworld.canon import COLOURS, IMAGE_SIZE, SHAPES, VOCABULARY
 from threed.shapeworld.render import generate_dataset
@@ -95,10 +96,15 @@ def load_data(path: Path | None, per_prompt: int, seed: int) -> tuple[torch.Tens
 
 
 class TeacherTrainer:
+    """Trains on ``device``; the random draws (batches, timesteps, noise, caption dropout) come from one CPU
+    generator, so a run is the same sequence of batches on any device."""
+
     def __init__(self, out: Path, architecture: Architecture, steps: int, batch: int, lr: float, seed: int,
-                 bf16: bool, warmup: int = 200):
-        self.out, self.steps, self.batch, self.bf16 = out, steps, batch, bf16
+                 bf16: bool, warmup: int = 200, device: torch.device = torch.device("cpu")):
+        self.out, self.steps, self.batch, self.bf16, self.device = out, steps, batch, bf16, torch.device(device)
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(architecture, seed)
+        self.text_encoder.to(self.device)
+        self.unet.to(self.device)
         parameters = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         self.optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-2)
         self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(warmup, steps // 10), steps)
@@ -131,14 +137,14 @@ class TeacherTrainer:
                 "ema": self.ema.state_dict(), "generator": self.generator.get_state()}
 
     def resume(self) -> None:
-        state = torch.load(self.checkpoint, weights_only=True)
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
         self.step = state["step"]
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.ema.load_state_dict(state["ema"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         log.info("resumed at step %d", self.step)
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
@@ -151,8 +157,9 @@ class TeacherTrainer:
         captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(images),), generator=self.generator)
         noise = torch.randn(images.shape, generator=self.generator)
+        images, noise, t = images.to(self.device), noise.to(self.device), t.to(self.device)
         noisy = self.scheduler.add_noise(images, noise, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             prediction = self.unet(noisy, t, encoder_hidden_states=self.encode_captions(captions)).sample
         return F.mse_loss(prediction.float(), self.scheduler.get_velocity(images, noise, t))
 
@@ -204,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-prompt", type=int, default=160, help="images per prompt when rendering now")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on GPUs and on CPUs with AMX)")
+    parser.add_argument("--device", type=torch.device, default=default_device(), help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--init", type=Path, help="start from this saved teacher pipeline's weights (fresh optimiser)")
     args = parser.parse_args(argv)
@@ -213,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = TeacherTrainer(args.out, ARCHITECTURES[args.architecture], args.steps, args.batch, args.lr, args.seed,
-                             args.bf16, args.warmup)
+                             args.bf16, args.warmup, args.device)
     if args.resume:
         trainer.resume()
     elif args.init:

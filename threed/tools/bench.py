@@ -3,6 +3,7 @@
     python -m threed.tools.bench render [--samples-per-ray 64] [--repeats 2]
     python -m threed.tools.bench teacher [--repeats 3]
     python -m threed.tools.bench occupancy [--config configs/shapeworld.yaml] [--thresholds 0.01,0.4] [--every 100] [key.path=value ...]
+    python -m threed.tools.bench step [--config configs/shapeworld.yaml] [--warmup 5] [--steps 10] [key.path=value ...]
 
 ``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
 with dense sampling and with empty-space skipping at the same sample spacing, on a field with
@@ -17,12 +18,21 @@ call for 8 images (a batch of 16, conditional and unconditional), each in float3
 training views with the occupancy grid thresholded at each of ``--thresholds`` (the same grid
 densities, so the same run): the samples evaluated per view and the milliseconds of a view's
 forward plus backward pass. The run itself keeps its config's threshold.
+
+``step``: where a training step's time goes. Trains a config's run ``--warmup`` steps, then times
+``--steps`` more one by one (the median wall time of a step, unprofiled), then profiles as many with
+torch.profiler and reports the mean milliseconds per step of each part the trainer and the guidance
+label (``step.*``, ``guidance.*``: the render, the teacher's and the fake score's U-Net calls, the
+discriminator, each backward and optimiser step, the fake score's update...), nested parts included
+in their parents; and the peak memory (CUDA's allocator, or the process's resident set on the CPU).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -43,19 +53,22 @@ from threed.trainer import Trainer
 SPHERE_RADIUS = 0.35
 
 
-def timed_ms(work, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``work()`` in milliseconds, after one warm-up call."""
+def wall_ms(work, device: torch.device) -> float:
+    """Wall time of one call of ``work()`` in milliseconds, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
     work()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        work()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return sorted(times)[len(times) // 2]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start)
+
+
+def timed_ms(work, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``work()`` in milliseconds (the upper one of an even count), after one warm-up call."""
+    work()
+    times = sorted(wall_ms(work, device) for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 def sphere_field(device: torch.device) -> RadianceField:
@@ -88,8 +101,7 @@ def bench_render(samples_per_ray: int, repeats: int) -> dict:
     device = default_device()
     field = sphere_field(device)
     spec = RenderSpec(samples_per_ray=samples_per_ray, chunk_rays=4096)
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-              "samples_per_ray": samples_per_ray}
+    result = {"device": describe(device), "samples_per_ray": samples_per_ray}
     for resolution in (64, 256):
         dense = timed_ms(render_step(field, resolution, spec, None, device), repeats, device)
         skip = timed_ms(render_step(field, resolution, spec, field.occupancy, device), repeats, device)
@@ -103,7 +115,7 @@ def bench_render(samples_per_ray: int, repeats: int) -> dict:
 
 def bench_teacher(repeats: int) -> dict:
     device = torch.device("cpu")  # the teacher's training script runs on the CPU
-    result = {"device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"}
+    result = {"device": describe(device)}
     images = torch.rand(32, 3, 64, 64) * 2 - 1
     captions = ["a red vase, front view"] * len(images)
     for name, bf16 in (("fp32", False), ("bf16", True)):
@@ -130,8 +142,7 @@ def bench_occupancy(config_path: str, overrides: list[str], thresholds: list[flo
         occupancy = field.occupancy
         evaluated = []
         field.register_forward_hook(lambda module, inputs, output: evaluated.append(len(inputs[0])))
-        result = {"device": f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-                  "config": config_path, "steps": {}}
+        result = {"device": describe(device), "config": config_path, "steps": {}}
         while trainer.step < config.trainer.max_steps:
             for _ in range(min(every, config.trainer.max_steps - trainer.step)):
                 trainer.training_step()
@@ -145,6 +156,36 @@ def bench_occupancy(config_path: str, overrides: list[str], thresholds: list[flo
                 per_threshold[str(threshold)] = {"samples_per_view": round(sum(evaluated[-views:]) / views), "ms_per_view": round(ms, 1)}
             result["steps"][str(trainer.step)] = per_threshold
         return result
+
+
+def bench_step(config_path: str, overrides: list[str], warmup: int, steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as outputs:
+        run, teacher = Run.start(load_config(config_path, [*overrides, f"outputs={outputs}"]))
+        trainer, device = run.trainer(teacher), run.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(warmup):
+            trainer.training_step()
+        step_ms = [wall_ms(trainer.training_step, device) for _ in range(steps)]
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(steps):
+                trainer.training_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        parts = {event.key: round(event.cpu_time_total / 1000 / steps, 1) for event in profiler.key_averages()
+                 if event.key.startswith(("step.", "guidance."))}
+        peak_mb = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+        return {"device": describe(device), "config": config_path, "overrides": overrides, "steps": steps,
+                "step_ms_median": round(statistics.median(step_ms), 1), "parts_ms": dict(sorted(parts.items())),
+                "peak_memory_mb": round(peak_mb)}
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def render_views_backward(trainer: Trainer, cameras: list[CameraBatch]) -> None:
@@ -170,10 +211,16 @@ def main(argv: list[str] | None = None) -> None:
     occupancy.add_argument("--every", type=int, default=100, help="training steps between measurements")
     occupancy.add_argument("--views", type=int, default=4, help="training views rendered per measurement")
     occupancy.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    step = commands.add_parser("step", help="where a training step's time goes, and the peak memory")
+    step.add_argument("--config", default="configs/shapeworld.yaml")
+    step.add_argument("--warmup", type=int, default=5, help="steps before any timing")
+    step.add_argument("--steps", type=int, default=10, help="steps timed, then as many profiled")
+    step.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     args = parser.parse_args(argv)
     run = {"render": lambda: bench_render(args.samples_per_ray, args.repeats), "teacher": lambda: bench_teacher(args.repeats),
            "occupancy": lambda: bench_occupancy(args.config, args.overrides, [float(t) for t in args.thresholds.split(",")],
-                                                args.every, args.views)}
+                                                args.every, args.views),
+           "step": lambda: bench_step(args.config, args.overrides, args.warmup, args.steps)}
     print(json.dumps(run[args.command]()))
 
 
