@@ -106,6 +106,12 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
         DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=str(tmp_path)), CPU)
     with pytest.raises(TeacherNotFoundError, match="huggingface-cli download nobody/nothing"):
         DiffusionTeacher.from_pretrained(TeacherSpec(pretrained="nobody/nothing"), CPU)
+    (tmp_path / "weights.bin").write_bytes(b"")
+    for path, reason in ((tmp_path / "weights.bin", "it is a file"), (tmp_path / "absent" / "teacher", "no such folder")):
+        with pytest.raises(TeacherNotFoundError) as caught:  # a path is never offered for download
+            DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=str(path)), CPU)
+        assert reason in str(caught.value) and "huggingface-cli" not in str(caught.value)
+        assert len(str(caught.value).splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
