@@ -30,7 +30,8 @@ from guidance.divergences import DIVERGENCES
 from guidance.registry import ESTIMATORS
 from guidance.teacher import DiffusionTeacher, TeacherNotFoundError
 from threed.cameras import turntable_cameras
-from threed.compare import Method, compare, parse_methods, parse_seeds
+from threed.cells import Method, parse_methods, parse_seeds
+from threed.compare import compare
 from threed.config import MAX_PROMPT_CHARS, Config, load_config, override
 from threed.errors import UserError
 from threed.evaluation import evaluator_for

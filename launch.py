@@ -5,6 +5,7 @@
     python launch.py --test RUN_DIR
     python launch.py --export RUN_DIR --format obj
     python launch.py --compare --config configs/tiny.yaml --prompt "a red vase" --methods uni-instruct:fkl,vsd,sds --seeds 0,1
+    python launch.py --batch prompts.txt --config configs/shapeworld.yaml --workers 2   # Ray tasks, one CPU each
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from guidance.teacher import TeacherNotFoundError
 from threed.config import EXPORT_FORMATS, load_config, override
 from threed.errors import UserError
 from threed.run import Run
+from threed.runner import CellRunner
 from threed.shapeworld.evaluator import register_evaluator
 
 log = logging.getLogger("launch")
@@ -30,6 +32,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--test", metavar="RUN_DIR", help="render the run's turntable video")
     mode.add_argument("--export", metavar="RUN_DIR", help="export the run's mesh")
     mode.add_argument("--compare", action="store_true", help="compare --methods over --seeds on one prompt")
+    mode.add_argument("--batch", metavar="FILE", help="train every run FILE lists (one prompt a line, optionally "
+                                                      "' | seeds=0,1 | methods=sds,vsd'), then write a summary")
     parser.add_argument("--config", help="YAML config (for --train)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, help="mesh format for --export (default: all of export.formats)")
     parser.add_argument("--prompt", help="shorthand for prompt=TEXT")
@@ -38,11 +42,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--methods", default="uni-instruct:fkl,vsd,sds",
                         help="for --compare: estimators, with a divergence where they use one (uni-instruct:fkl,vsd,sds)")
     parser.add_argument("--seeds", default="0,1,2", help="for --compare: comma-separated seeds")
+    runs = parser.add_argument_group("many runs (--compare, --batch)")
+    runs.add_argument("--workers", type=int, default=1, help="runs at a time; above 1 they are Ray tasks on a local Ray")
+    runs.add_argument("--ray-address", help="run them on this Ray cluster instead (e.g. auto, ray://host:10001)")
+    runs.add_argument("--cpus-per-run", type=int, default=1, help="each Ray task's CPUs (and torch threads)")
+    runs.add_argument("--gpus-per-run", type=float, default=0.0, help="each Ray task's GPUs (0.5: two runs share one)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     args = parser.parse_args(argv)
-    if (args.train or args.compare) and not args.config:
-        parser.error("--train and --compare need --config FILE (e.g. configs/tiny.yaml)")
+    if (args.train or args.compare or args.batch) and not args.config:
+        parser.error("--train, --compare and --batch need --config FILE (e.g. configs/tiny.yaml)")
+    if args.workers < 1 or args.cpus_per_run < 1 or args.gpus_per_run < 0:
+        parser.error("--workers and --cpus-per-run must be at least 1, --gpus-per-run at least 0")
     return args
 
 
@@ -52,11 +63,19 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
 
 
 def execute(args: argparse.Namespace) -> None:
+    runner = CellRunner(args.workers, args.ray_address, args.cpus_per_run, args.gpus_per_run)
     if args.compare:
-        from threed.compare import compare, parse_methods, parse_seeds
+        from threed.cells import parse_methods, parse_seeds
+        from threed.compare import compare
 
-        root = compare(args.config, overrides_from(args), parse_methods(args.methods), parse_seeds(args.seeds))
+        root = compare(args.config, overrides_from(args), parse_methods(args.methods), parse_seeds(args.seeds), runner)
         log.info("comparison: %s (grid.mp4, grid.png, table.md, table.csv)", root)
+        return
+    if args.batch:
+        from threed.batch import batch
+
+        root = batch(args.config, overrides_from(args), args.batch, runner)
+        log.info("batch: %s (summary.md, summary.csv)", root)
         return
     if args.train:
         run, teacher = Run.start(load_config(args.config, overrides_from(args)))

@@ -11,7 +11,7 @@ import torch
 import trimesh
 
 import launch
-from threed.compare import Method, parse_methods, parse_seeds
+from threed.cells import Method, parse_methods, parse_seeds
 from threed.config import load_config
 from threed.errors import ConfigError
 

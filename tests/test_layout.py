@@ -58,7 +58,7 @@ def test_every_list_of_estimators_is_the_registry(capsys):
     from guidance import verify
     from guidance.distillation import GuidanceSpec
     from guidance.registry import ESTIMATORS
-    from threed.compare import parse_methods
+    from threed.cells import parse_methods
 
     assert GuidanceSpec.__dataclass_fields__["estimator"].metadata["choices"] == tuple(ESTIMATORS)
     labels = ",".join(f"{name}:fkl" if entry.uses_divergence else name for name, entry in ESTIMATORS.items())

@@ -33,6 +33,11 @@ def register(world: str, finder: Finder) -> None:
     _finders[world] = finder
 
 
+def registered() -> dict[str, Finder]:
+    """The registered worlds' finders (for processes that must register them too, such as Ray workers)."""
+    return dict(_finders)
+
+
 def evaluator_for(prompt: str) -> Evaluator | None:
     """The evaluator of the first registered world that knows ``prompt``; None where none does."""
     for finder in _finders.values():

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import trimesh
 
-from threed.compare import Cell, Method, parse_methods, plan_cells, run_missing_cells
+from threed.cells import Cell, Method, parse_methods, plan_cells
 from threed.config import override
 from threed.errors import UserError
+from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
 from threed.shapeworld.evaluator import evaluate_mesh, register_evaluator
 
@@ -38,7 +39,7 @@ def quality_rows(config: str, overrides: list[str], methods: list[Method], promp
     rows = []
     for prompt in prompts:
         _, _, cells = plan_cells(config, [*overrides, override("prompt", prompt)], methods, [seed])
-        run_missing_cells(cells)
+        CellRunner().run(cells)
         rows += [score_cell(cell, prompt) for cell in cells]
     return rows
 

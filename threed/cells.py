@@ -1,0 +1,148 @@
+"""Cells: one run per method and seed of a prompt, in a folder named by them (no timestamp), under
+``<outputs>/compare/<config name>/<prompt slug>/<method>/seed<S>/``. A cell is finished once its record
+(cell.json: wall time, threads) exists; an unfinished one resumes from its checkpoint; one made with
+another config is refused. The comparison, the quality table and the batch runs share these cells.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from guidance.divergences import DIVERGENCES
+from guidance.registry import ESTIMATORS
+from threed.config import Config, flat_config, load_config
+from threed.errors import ConfigError
+from threed.files import write_json
+from threed.run import Run
+from threed.run_folder import RunPaths, prompt_slug
+
+
+@dataclass(frozen=True)
+class Method:
+    estimator: str
+    divergence: str = ""  # for the estimators that use one (uni-instruct, f-distill)
+
+    @property
+    def label(self) -> str:
+        return f"{self.estimator}:{self.divergence}" if self.divergence else self.estimator
+
+    @classmethod
+    def of(cls, config: Config) -> "Method":
+        """The method a config ends on (after any ``guidance.switch``)."""
+        final_step = config.trainer.max_steps
+        estimator = config.guidance.estimator_at(final_step)
+        divergence = config.guidance.divergence_at(final_step) if ESTIMATORS[estimator].uses_divergence else ""
+        return cls(estimator, divergence)
+
+    def overrides(self, base: Config) -> list[str]:
+        """Config overrides that run this method on ``base``. The method ``base`` ends on keeps its
+        schedule (a warm start through ``guidance.switch``); any other runs alone from the first step."""
+        final_step = base.trainer.max_steps
+        is_base_method = self.estimator == base.guidance.estimator_at(final_step) and (
+            not ESTIMATORS[self.estimator].uses_divergence or self.divergence == base.guidance.divergence_at(final_step))
+        if is_base_method:
+            return []
+        divergence = [f"guidance.divergence={self.divergence}"] if self.divergence else []
+        return [f"guidance.estimator={self.estimator}", *divergence, "guidance.switch.step=-1"]
+
+
+def parse_methods(text: str) -> list[Method]:
+    """"uni-instruct:fkl,vsd,sds" -> methods; a divergence is required exactly where the estimator uses one."""
+    methods = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        estimator, _, divergence = item.partition(":")
+        if estimator not in ESTIMATORS:
+            raise ConfigError(f"--methods: unknown estimator {estimator!r}; use one of {list(ESTIMATORS)}")
+        uses_divergence = ESTIMATORS[estimator].uses_divergence
+        if uses_divergence and divergence not in DIVERGENCES:
+            raise ConfigError(f"--methods: {estimator} needs a divergence, e.g. {estimator}:fkl; one of {list(DIVERGENCES)}")
+        if not uses_divergence and divergence:
+            raise ConfigError(f"--methods: {estimator} takes no divergence (got {item!r})")
+        methods.append(Method(estimator, divergence))
+    if not methods:
+        raise ConfigError("--methods is empty; e.g. --methods uni-instruct:fkl,vsd,sds")
+    return methods
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty; e.g. --seeds 0,1,2")
+    return seeds
+
+
+@dataclass
+class Cell:
+    method: Method
+    seed: int
+    paths: RunPaths
+    config: Config
+
+    @property
+    def record(self) -> Path:
+        return self.paths.root / "cell.json"
+
+    def finished(self) -> bool:
+        return self.record.is_file()
+
+    def _recorded(self) -> dict:
+        return json.loads(self.record.read_text())
+
+    @property
+    def wall_time_s(self) -> float:
+        return self._recorded()["wall_time_s"]
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads the cell trained with (None in records from before 2026-12-02)."""
+        return self._recorded().get("threads")
+
+    @property
+    def mesh(self) -> Path:
+        return self.paths.mesh(self.config.export.formats[0])
+
+
+def run_cell(cell: Cell) -> None:
+    """Trains one cell (resuming a partial one) and records its wall time: this call's, plus the
+    training time of the interrupted calls before it up to the checkpoint it resumed from, and the
+    CPU threads it ran with (wall times of 1- and 2-thread runs are not comparable)."""
+    resume = cell.paths.config.is_file()
+    started = time.perf_counter()
+    run, teacher = Run.start(cell.config, root=cell.paths.root)  # a teacher per cell: LoRA may share its U-Net
+    trainer = run.train(teacher, resume=resume)
+    write_json(cell.record, {"method": cell.method.label, "seed": cell.seed,
+                             "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s,
+                             "threads": torch.get_num_threads()})
+
+
+def plan_cells(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> tuple[Config, Path, list[Cell]]:
+    """The base config, the comparison folder of its prompt and one cell per method and seed."""
+    base = load_config(config_path, overrides)
+    root = Path(base.outputs) / "compare" / base.name / prompt_slug(base.prompt)
+    cells = [Cell(m, s, RunPaths(root / m.label.replace(":", "-") / f"seed{s}"),
+                  load_config(config_path, [*overrides, *m.overrides(base), f"seed={s}"]))
+             for m, s in itertools.product(methods, seeds)]
+    for cell in cells:
+        refuse_stale_cell(cell)
+    return base, root, cells
+
+
+def refuse_stale_cell(cell: Cell) -> None:
+    """A cell folder made with another config is neither reused nor resumed: its numbers would not be
+    this config's."""
+    if not cell.paths.config.is_file():
+        return
+    saved, planned = (flat_config(c) for c in (load_config(cell.paths.config), cell.config))
+    changed = [f"{key}: {saved.get(key)!r} -> {planned.get(key)!r}"
+               for key in sorted(saved.keys() | planned.keys()) if saved.get(key) != planned.get(key)]
+    if changed:
+        raise ConfigError(f"{cell.paths.root} was run with another config ({'; '.join(changed[:5])}). Delete that "
+                          f"folder to run the cell again with this config, or compare under a new outputs= folder")
