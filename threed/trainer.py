@@ -27,6 +27,7 @@ from threed.checkpoint import checkpoint_path, latest_checkpoint, load_latest_ch
 from threed.config import Config, TrainerSpec
 from threed.errors import NonFiniteLossError
 from threed.files import save_torch, write_text
+from threed.nerf_representation import NeRFRepresentation
 from threed.representation import RenderedViews, Representation
 from threed.run_folder import RunPaths
 from threed.video import save_validation_strip
@@ -35,9 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def build_representation(config: Config) -> Representation:
-    """The representation a config trains: the hash-grid NeRF."""
-    from threed.nerf_representation import NeRFRepresentation
-
+    """The representation a config trains: the hash-grid NeRF (the one place that chooses it)."""
     return NeRFRepresentation(config.geometry, config.background, config.render, config.regularizers, config.optim)
 
 
