@@ -107,8 +107,9 @@ def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overr
         "tiny" / "a_red_cube" / "sds" / "seed0" / "mesh" / "model.ply"
     from threed.shapeworld.evaluator import evaluate_mesh
 
-    assert float(runs[0].split(" | ")[3]) == pytest.approx(evaluate_mesh(trimesh.load(cell_mesh, force="mesh"),
-                                                                          "a red cube")["iou"], abs=5e-4)
+    chamfer, initial_chamfer, gain, iou = (float(value) for value in runs[0].split(" | ")[2:6])
+    assert iou == pytest.approx(evaluate_mesh(trimesh.load(cell_mesh, force="mesh"), "a red cube")["iou"], abs=5e-4)
+    assert gain == pytest.approx(1 - chamfer / initial_chamfer, abs=0.01) and initial_chamfer > 0
     assert all(line.split(" | ")[-1] == f"{torch.get_num_threads()} |" for line in runs)  # the cells' own threads
 
     caplog.clear()

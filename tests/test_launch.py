@@ -62,6 +62,10 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
     again = evaluate_mesh(trimesh.load(run / "mesh" / "model.ply", force="mesh", process=False), "a red vase")
     assert {key: score[key] for key in ("chamfer", "iou", "color_error")} == pytest.approx(
         {key: again[key] for key in ("chamfer", "iou", "color_error")}, rel=1e-3)
+    # The shape gain: against the mesh of the run's initial representation (step 0, the same export).
+    initial = Run.open(run).initial_representation().extract_mesh(config.export)
+    assert score["initial"]["chamfer"] == pytest.approx(evaluate_mesh(initial, "a red vase")["chamfer"], rel=1e-9)
+    assert score["shape_gain"] == pytest.approx(1 - score["chamfer"] / score["initial"]["chamfer"], rel=1e-9)
 
 
 def test_the_initial_blob_exports_as_a_closed_ball(finished_run):

@@ -196,3 +196,16 @@ def test_a_checkpoint_from_before_representations_resumes(fast_overrides, tmp_pa
     fresh.load_state_dict(load_checkpoint(tmp_path / "old.pt", torch.device("cpu")))
     for name, value in trainer.representation.state_dict().items():
         assert torch.equal(fresh.representation.state_dict()[name], value), name
+
+
+def test_the_initial_representation_is_the_trainers_at_step_0(fast_overrides):
+    from threed.run import Run
+
+    config = load_config("configs/tiny.yaml", fast_overrides)
+    trainer = make_trainer(config)
+    initial = Run(config, trainer.paths).initial_representation()
+    random_state = torch.random.get_rng_state()
+    for name, value in trainer.representation.state_dict().items():
+        assert torch.equal(initial.state_dict()[name], value), name
+    Run(config, trainer.paths).initial_representation()
+    assert torch.equal(torch.random.get_rng_state(), random_state)  # the global random state is left alone

@@ -15,7 +15,9 @@ import trimesh
 @dataclass(frozen=True)
 class Evaluator:
     name: str  # the run's scores are written to mesh/<name>_score.json
-    score: Callable[[trimesh.Trimesh], dict]  # a mesh -> its numbers: "chamfer", "iou", "color_error", ...
+    # A mesh -> its numbers: "chamfer", "iou", "color_error", ... A run's score file adds the numbers of the
+    # initial representation's mesh ("initial") and the shape gain, 1 - chamfer / initial chamfer.
+    score: Callable[[trimesh.Trimesh], dict]
     example_prompts: tuple[str, ...] = ()  # prompts of the same world, for the demo's examples
 
     def summary(self, score: dict) -> str:

@@ -128,5 +128,16 @@ class Run:
         evaluator = evaluator_for(self.config.prompt)
         if evaluator is not None:
             score = evaluator.score(mesh)
+            initial = evaluator.score(self.initial_representation().extract_mesh(self.config.export))
+            score["initial"] = {key: value for key, value in initial.items() if isinstance(value, float)}
+            score["shape_gain"] = 1.0 - score["chamfer"] / initial["chamfer"]
             write_json(self.paths.score(evaluator.name), score)
-            log.info("%s evaluator: %s (%s)", evaluator.name, evaluator.summary(score), self.paths.score(evaluator.name))
+            log.info("%s evaluator: %s (initial chamfer %.4g) (%s)", evaluator.name, evaluator.summary(score),
+                     initial["chamfer"], self.paths.score(evaluator.name))
+
+    def initial_representation(self) -> Representation:
+        """The representation as the run's training starts it (step 0), built as the trainer builds it: what
+        the shape gain measures the final mesh against. The global random state is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return build_representation(self.config).to(self.device).eval()

@@ -20,17 +20,24 @@ import trimesh
 from threed.cells import Cell, Method, parse_methods, plan_cells
 from threed.config import override
 from threed.errors import UserError
+from threed.run import Run
 from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
 from threed.shapeworld.evaluator import evaluate_mesh, register_evaluator
 
 log = logging.getLogger(__name__)
-METRICS = ("chamfer", "iou", "color_error", "wall_time_s")
+METRICS = ("chamfer", "initial_chamfer", "shape_gain", "iou", "color_error", "wall_time_s")
 
 
 def score_cell(cell: Cell, prompt: str) -> dict:
+    """The evaluator's numbers for the cell's mesh, its initial representation's Chamfer distance (step 0, the
+    same export) and the shape gain 1 - Chamfer / initial Chamfer."""
     score = evaluate_mesh(trimesh.load(cell.mesh, force="mesh"), prompt)
-    return {"prompt": prompt, "method": cell.method.label, **{key: score[key] for key in METRICS[:3]},
+    initial_mesh = Run(cell.config, cell.paths).initial_representation().extract_mesh(cell.config.export)
+    initial_chamfer = evaluate_mesh(initial_mesh, prompt)["chamfer"]
+    return {"prompt": prompt, "method": cell.method.label, "chamfer": score["chamfer"],
+            "initial_chamfer": initial_chamfer, "shape_gain": 1.0 - score["chamfer"] / initial_chamfer,
+            "iou": score["iou"], "color_error": score["color_error"],
             "wall_time_s": cell.wall_time_s, "threads": cell.threads}
 
 
@@ -47,14 +54,16 @@ def quality_rows(config: str, overrides: list[str], methods: list[Method], promp
 def markdown(rows: list[dict], header: str) -> str:
     """Per-run rows, then each method's medians over the prompts."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    lines = [header, "", "| prompt | method | Chamfer | IoU | colour error | wall time (s) | threads |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['prompt']} | {r['method']} | {r['chamfer']:.4f} | {r['iou']:.3f} | {r['color_error']:.4f} | "
-              f"{r['wall_time_s']:.0f} | {r['threads'] or 'not recorded'} |" for r in rows]
+    lines = [header, "", "| prompt | method | Chamfer | initial Chamfer | shape gain | IoU | colour error | "
+                         "wall time (s) | threads |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['prompt']} | {r['method']} | {r['chamfer']:.4f} | {r['initial_chamfer']:.4f} | {r['shape_gain']:.2f} | "
+              f"{r['iou']:.3f} | {r['color_error']:.4f} | {r['wall_time_s']:.0f} | {r['threads'] or 'not recorded'} |"
+              for r in rows]
     for method in methods:
         medians = {key: float(np.median([r[key] for r in rows if r["method"] == method])) for key in METRICS}
-        lines.append(f"| **median** | **{method}** | {medians['chamfer']:.4f} | {medians['iou']:.3f} | "
-                     f"{medians['color_error']:.4f} | {medians['wall_time_s']:.0f} | |")
+        lines.append(f"| **median** | **{method}** | {medians['chamfer']:.4f} | {medians['initial_chamfer']:.4f} | "
+                     f"{medians['shape_gain']:.2f} | {medians['iou']:.3f} | {medians['color_error']:.4f} | "
+                     f"{medians['wall_time_s']:.0f} | |")
     return "\n".join(lines) + "\n"
 
 
