@@ -57,9 +57,10 @@ class Run:
     def open(cls, run_dir: str | Path, overrides: list[str] = ()) -> "Run":
         """An existing run folder, its saved config with ``overrides`` applied."""
         paths = existing_run_folder(run_dir)
-        saved, config = (flat_config(load_config(paths.config, given)) for given in ([], overrides))
-        changed = [f"{key}: {saved[key]!r} -> {config[key]!r}" for key in saved if saved[key] != config[key]]
-        return cls(load_config(paths.config, overrides), paths, changed=changed)
+        config = load_config(paths.config, overrides)
+        saved, now = flat_config(load_config(paths.config)), flat_config(config)
+        changed = [f"{key}: {saved[key]!r} -> {now[key]!r}" for key in saved if saved[key] != now[key]]
+        return cls(config, paths, changed=changed)
 
     def load_teacher(self) -> DiffusionTeacher:
         return DiffusionTeacher.from_pretrained(self.config.teacher, self.device)
