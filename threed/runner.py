@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from threed import evaluation
 from threed.cells import Cell, run_cell
+from threed.config import PROJECT_ROOT
 from threed.errors import UserError
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from guidance.distillation import GuidanceSpec, ScoreDistillation, ViewBatch
 from guidance.prompts import VIEWS
 from guidance.schedules import Ramp
 from guidance.teacher import DiffusionTeacher, TeacherSpec
+from threed.config import PROJECT_ROOT
 from threed.device import default_device
 from threed.files import save_torch
 from threed.mesh_metrics import chromaticity_error
@@ -38,7 +39,7 @@ from threed.shapeworld.render import generate_dataset, render_shape, render_shap
 
 log = logging.getLogger(__name__)
 QUALITY_BAR = 0.9
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "shapeworld-classifier.pt"
+DEFAULT_CLASSIFIER = PROJECT_ROOT / "assets" / "shapeworld-classifier.pt"
 
 
 class ShapeColourClassifier(nn.Module):
