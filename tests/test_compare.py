@@ -90,32 +90,50 @@ def test_each_method_runs_as_itself_and_the_configs_own_keeps_its_warm_start():
     assert [estimator for estimator, _ in run_of(Method("vsd"))] == ["vsd", "vsd"]
 
 
-def test_quality_table_scores_every_prompt_and_method_and_reuses_runs(fast_overrides, tmp_path, capsys, caplog):
+def test_quality_table_scores_every_prompt_method_and_seed_and_reuses_runs(fast_overrides, tmp_path, capsys, caplog):
     from threed.tools import quality_table
 
     table = tmp_path / "quality.md"
-    args = ["--config", "configs/tiny.yaml", "--methods", "sds,vsd", "--prompts", "a red cube; an orange vase",
-            "--out", str(table), *fast_overrides, "trainer.max_steps=2", "export.formats=[ply]", "video.frames=2"]
+    args = ["--config", "configs/tiny.yaml", "--methods", "sds", "--prompts", "a red cube; an orange vase",
+            "--seeds", "0,1", "--out", str(table), *fast_overrides, "trainer.max_steps=2", "export.formats=[ply]",
+            "video.frames=2"]
     quality_table.main(args)
     lines = table.read_text().splitlines()
     runs = [line for line in lines if line.startswith("| a")]
-    assert [line.split(" | ")[:2] for line in runs] == [["| a red cube", "sds"], ["| a red cube", "vsd"],
-                                                         ["| an orange vase", "sds"], ["| an orange vase", "vsd"]]
-    medians = [line for line in lines if line.startswith("| **median**")]
-    assert len(medians) == 2 and "**vsd**" in medians[1]
+    assert [line.split(" | ")[:3] for line in runs] == [["| a red cube", "sds", "0"], ["| a red cube", "sds", "1"],
+                                                         ["| an orange vase", "sds", "0"], ["| an orange vase", "sds", "1"]]
     cell_mesh = next(Path(o.split("=", 1)[1]) for o in fast_overrides if o.startswith("outputs=")) / "compare" / \
-        "tiny" / "a_red_cube" / "sds" / "seed0" / "mesh" / "model.ply"
+        "tiny" / "a_red_cube" / "sds" / "seed1" / "mesh" / "model.ply"
     from threed.shapeworld.evaluator import evaluate_mesh
 
-    chamfer, initial_chamfer, gain, iou = (float(value) for value in runs[0].split(" | ")[2:6])
+    chamfer, initial_chamfer, gain, iou = (float(value) for value in runs[1].split(" | ")[3:7])
     assert iou == pytest.approx(evaluate_mesh(trimesh.load(cell_mesh, force="mesh"), "a red cube")["iou"], abs=5e-4)
     assert gain == pytest.approx(1 - chamfer / initial_chamfer, abs=0.01) and initial_chamfer > 0
     assert all(line.split(" | ")[-1] == f"{torch.get_num_threads()} |" for line in runs)  # the cells' own threads
+    cube_gains = [float(line.split(" | ")[5]) for line in runs[:2]]
+    [per_shape] = [line for line in lines if line.startswith("| sds |")]
+    assert float(per_shape.split(" | ")[1].split(" / ")[0]) == pytest.approx(np.mean(cube_gains), abs=0.006)  # two seeds' median
 
     caplog.clear()
     with caplog.at_level("INFO"):
         quality_table.main(args)
     assert caplog.text.count("finished, skipped") == 4
+
+
+def test_quality_table_medians_per_method_and_shape():
+    from threed.tools.quality_table import markdown
+
+    rows = [{"prompt": f"a red {shape}", "shape": shape, "method": method, "seed": seed, "chamfer": chamfer,
+             "initial_chamfer": 0.1, "shape_gain": 1 - chamfer / 0.1, "iou": 0.5, "color_error": 0.05,
+             "wall_time_s": 60.0, "threads": 1}
+            for method, offset in (("sds", 0.0), ("vsd", 0.01)) for shape in ("cube", "cone")
+            for seed, chamfer in zip(range(3), (0.02 + offset, 0.09, 0.03 + offset if shape == "cube" else 0.05))]
+    lines = markdown(rows, "header").splitlines()
+    overall = {line.split(" | ")[1]: line.split(" | ")[3] for line in lines if line.startswith("| **median**")}
+    assert overall == {"**sds**": "0.0400", "**vsd**": "0.0450"}  # over all six runs of each method
+    per_shape = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines if line.startswith(("| sds", "| vsd"))}
+    assert per_shape["| sds"] == ["0.70 / 0.0300", "0.50 / 0.0500", "0.0400 |"]
+    assert per_shape["| vsd"] == ["0.60 / 0.0400", "0.50 / 0.0500", "0.0450 |"]
 
 
 def test_quality_table_checks_the_prompts_before_training(capsys):

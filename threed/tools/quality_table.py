@@ -1,14 +1,17 @@
-"""The ShapeWorld quality table of BENCHMARKS.md: one prompt of each shape, each method, the
-evaluator's Chamfer distance, IoU and colour error, and the wall time of the run.
+"""The ShapeWorld quality table of BENCHMARKS.md: one prompt of each shape, each method, each seed: the
+evaluator's Chamfer distance, IoU and colour error, the shape gain (1 - Chamfer / the Chamfer of the run's
+own initial field), the wall time of the run; then each method's medians over the seeds for every shape.
 
-    python -m threed.tools.quality_table --config configs/shapeworld.yaml --methods sds,vsd,uni-instruct:fkl --out quality.md
+    python -m threed.tools.quality_table --methods sds,vsd,uni-instruct:fkl --seeds 0,1,2 --workers 2 --out quality.md
 
 Each run is a cell of the comparison tool (``<outputs>/compare/<config>/<prompt>/<method>/seed<S>``),
-so an interrupted table resumes where it stopped and ``launch.py --compare`` reuses its runs.
+so an interrupted table resumes where it stopped and ``launch.py --compare`` reuses its runs. With
+``--workers`` above 1 the runs are Ray tasks of one CPU thread each (``threed.runner``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 from pathlib import Path
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 import trimesh
 
-from threed.cells import Cell, Method, parse_methods, plan_cells
+from threed.cells import Cell, Method, parse_methods, parse_seeds, plan_cells
 from threed.config import override
 from threed.errors import UserError
 from threed.run import Run
@@ -30,40 +33,60 @@ METRICS = ("chamfer", "initial_chamfer", "shape_gain", "iou", "color_error", "wa
 
 
 def score_cell(cell: Cell, prompt: str) -> dict:
-    """The evaluator's numbers for the cell's mesh, its initial representation's Chamfer distance (step 0, the
-    same export) and the shape gain 1 - Chamfer / initial Chamfer."""
-    score = evaluate_mesh(trimesh.load(cell.mesh, force="mesh"), prompt)
-    initial_mesh = Run(cell.config, cell.paths).initial_representation().extract_mesh(cell.config.export)
-    initial_chamfer = evaluate_mesh(initial_mesh, prompt)["chamfer"]
-    return {"prompt": prompt, "method": cell.method.label, "chamfer": score["chamfer"],
-            "initial_chamfer": initial_chamfer, "shape_gain": 1.0 - score["chamfer"] / initial_chamfer,
-            "iou": score["iou"], "color_error": score["color_error"],
-            "wall_time_s": cell.wall_time_s, "threads": cell.threads}
+    """The evaluator's numbers for the cell's mesh, its initial field's Chamfer distance (step 0, the same
+    export) and the shape gain 1 - Chamfer / initial Chamfer: those the run wrote, or computed here for runs
+    trained without the evaluator registered."""
+    saved = cell.paths.score("shapeworld")
+    if saved.is_file():
+        score = json.loads(saved.read_text())
+        initial_chamfer = score["initial"]["chamfer"]
+    else:
+        score = evaluate_mesh(trimesh.load(cell.mesh, force="mesh"), prompt)
+        initial_mesh = Run(cell.config, cell.paths).initial_representation().extract_mesh(cell.config.export)
+        initial_chamfer = evaluate_mesh(initial_mesh, prompt)["chamfer"]
+    return {"prompt": prompt, "shape": parse_prompt(prompt)[0], "method": cell.method.label, "seed": cell.seed,
+            "chamfer": score["chamfer"], "initial_chamfer": initial_chamfer,
+            "shape_gain": 1.0 - score["chamfer"] / initial_chamfer, "iou": score["iou"],
+            "color_error": score["color_error"], "wall_time_s": cell.wall_time_s, "threads": cell.threads}
 
 
-def quality_rows(config: str, overrides: list[str], methods: list[Method], prompts: list[str], seed: int) -> list[dict]:
-    """Trains what is missing and scores every prompt x method run: one dict of METRICS per run."""
-    rows = []
-    for prompt in prompts:
-        _, _, cells = plan_cells(config, [*overrides, override("prompt", prompt)], methods, [seed])
-        CellRunner().run(cells)
-        rows += [score_cell(cell, prompt) for cell in cells]
-    return rows
+def quality_rows(config: str, overrides: list[str], methods: list[Method], prompts: list[str], seeds: list[int],
+                 runner: CellRunner) -> list[dict]:
+    """Trains what is missing (all prompts' runs through one runner) and scores every prompt x method x seed
+    run: one dict of METRICS per run."""
+    cells_of = {prompt: plan_cells(config, [*overrides, override("prompt", prompt)], methods, seeds)[2]
+                for prompt in prompts}
+    runner.run([cell for cells in cells_of.values() for cell in cells])
+    return [score_cell(cell, prompt) for prompt, cells in cells_of.items() for cell in cells]
+
+
+def median_of(rows: list[dict], key: str, **match) -> float:
+    return float(np.median([r[key] for r in rows if all(r[k] == v for k, v in match.items())]))
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    """Per-run rows, then each method's medians over the prompts."""
+    """Per-run rows and each method's medians over all its runs; then, per method and shape, the medians
+    over the seeds of the shape gain and the Chamfer distance."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    lines = [header, "", "| prompt | method | Chamfer | initial Chamfer | shape gain | IoU | colour error | "
-                         "wall time (s) | threads |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['prompt']} | {r['method']} | {r['chamfer']:.4f} | {r['initial_chamfer']:.4f} | {r['shape_gain']:.2f} | "
-              f"{r['iou']:.3f} | {r['color_error']:.4f} | {r['wall_time_s']:.0f} | {r['threads'] or 'not recorded'} |"
-              for r in rows]
+    shapes = list(dict.fromkeys(row["shape"] for row in rows))
+    lines = [header, "", "| prompt | method | seed | Chamfer | initial Chamfer | shape gain | IoU | colour error | "
+                         "wall time (s) | threads |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['prompt']} | {r['method']} | {r['seed']} | {r['chamfer']:.4f} | {r['initial_chamfer']:.4f} | "
+              f"{r['shape_gain']:.2f} | {r['iou']:.3f} | {r['color_error']:.4f} | {r['wall_time_s']:.0f} | "
+              f"{r['threads'] or 'not recorded'} |" for r in rows]
     for method in methods:
-        medians = {key: float(np.median([r[key] for r in rows if r["method"] == method])) for key in METRICS}
-        lines.append(f"| **median** | **{method}** | {medians['chamfer']:.4f} | {medians['initial_chamfer']:.4f} | "
+        medians = {key: median_of(rows, key, method=method) for key in METRICS}
+        lines.append(f"| **median** | **{method}** | all | {medians['chamfer']:.4f} | {medians['initial_chamfer']:.4f} | "
                      f"{medians['shape_gain']:.2f} | {medians['iou']:.3f} | {medians['color_error']:.4f} | "
                      f"{medians['wall_time_s']:.0f} | |")
+    lines += ["", "Medians over the seeds, shape gain / Chamfer:", "",
+              "| method | " + " | ".join(shapes) + " | median Chamfer of the shapes |",
+              "|---|" + "---|" * (len(shapes) + 1)]
+    for method in methods:
+        per_shape = [(median_of(rows, "shape_gain", method=method, shape=s), median_of(rows, "chamfer", method=method, shape=s))
+                     for s in shapes]
+        lines.append(f"| {method} | " + " | ".join(f"{gain:.2f} / {chamfer:.4f}" for gain, chamfer in per_shape) +
+                     f" | {np.median([chamfer for _, chamfer in per_shape]):.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -72,10 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/shapeworld.yaml")
     parser.add_argument("--methods", default="sds,vsd,uni-instruct:fkl")
     parser.add_argument("--prompts", default=";".join(SHOWCASE_PROMPTS), help="ShapeWorld prompts separated by ';'")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="seeds separated by commas, like 0,1,2")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time; above 1 they are Ray tasks of one thread")
     parser.add_argument("--out", type=Path, default=Path("quality.md"), help="the Markdown table to write")
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     arguments = parser.parse_args(argv)
+    if arguments.workers < 1:
+        parser.error("--workers must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     register_evaluator()  # the runs' own shapeworld_score.json
     prompts = [p.strip() for p in arguments.prompts.split(";") if p.strip()]
@@ -83,15 +109,16 @@ def main(argv: list[str] | None = None) -> None:
         for prompt in prompts:
             parse_prompt(prompt)  # the evaluator needs canon prompts: check them all before hours of training
         methods = parse_methods(arguments.methods)
+        seeds = parse_seeds(arguments.seeds)
     except (UserError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     try:
-        rows = quality_rows(arguments.config, arguments.overrides, methods, prompts, arguments.seed)
+        rows = quality_rows(arguments.config, arguments.overrides, methods, prompts, seeds,
+                            CellRunner(workers=arguments.workers))
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
-    header = (f"Config `{arguments.config}` {' '.join(arguments.overrides)}, seed {arguments.seed}; "
-              f"{platform.processor() or platform.machine()}, torch {torch.__version__}; each run's CPU threads "
-              f"in its row")
+    header = (f"Config `{arguments.config}` {' '.join(arguments.overrides)}, seeds {','.join(map(str, seeds))}; "
+              f"{platform.processor() or platform.machine()}, torch {torch.__version__}; each run's CPU threads in its row")
     arguments.out.write_text(markdown(rows, header))
     print(arguments.out.read_text())
 
