@@ -114,3 +114,17 @@ def test_drift_command_measures_the_teachers_pull_on_true_renders(capsys):
         teacher_quality.main(["drift", "assets/shapeworld-teacher", "--prompt", "a red vase", "--timesteps", "1000"])
     with pytest.raises(SystemExit, match="--timesteps e.g."):
         teacher_quality.main(["drift", "assets/shapeworld-teacher", "--prompt", "a red vase", "--timesteps", "a"])
+
+
+def test_pull_command_classifies_the_teachers_x0_predictions_from_a_ball(capsys):
+    teacher_quality.main(["pull", "assets/shapeworld-teacher", "--guidance-scales", "5", "--timesteps", "20,950",
+                          "--n-images", "2"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["start_shape"] == "sphere" and len(report["targets"]) == 5 and "sphere" not in report["targets"]
+    target = report["fraction_classified_target_by_guidance_scale_and_timestep"]["5.0"]
+    start = report["fraction_classified_start_by_guidance_scale_and_timestep"]["5.0"]
+    # Nearly clean, the prediction is the ball itself, whatever the prompt; nearly pure noise, it is the prompt's shape.
+    assert start["20"] == 1.0 and target["20"] == 0.0
+    assert target["950"] > 0.5 > start["950"]
+    with pytest.raises(SystemExit, match="--from must be one of"):
+        teacher_quality.main(["pull", "assets/shapeworld-teacher", "--from", "ball"])

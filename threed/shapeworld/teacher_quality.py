@@ -8,6 +8,7 @@ The bar of shapeworld.md is 90% for shape and for colour.
     python -m threed.shapeworld.teacher_quality conditioning assets/shapeworld-teacher   # does it read each word?
     python -m threed.shapeworld.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour and size by guidance
     python -m threed.shapeworld.teacher_quality drift assets/shapeworld-teacher --prompt "a red vase"   # ... by guidance and t
+    python -m threed.shapeworld.teacher_quality pull assets/shapeworld-teacher --from sphere   # from a ball to the shape?
 
 The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
 Gaussian pixel noise, so that a recognisable but grainy sample is judged by its shape, not its grain.
@@ -111,7 +112,7 @@ def save_classifier(classifier: ShapeColourClassifier, path: Path) -> None:
 def load_classifier(path: Path = DEFAULT_CLASSIFIER) -> ShapeColourClassifier:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no ShapeWorld classifier at {path}; train one with "
-                                f"`python -m threed.teacher_quality train-classifier {path}`")
+                                f"`python -m threed.shapeworld.teacher_quality train-classifier {path}`")
     state = torch.load(path, weights_only=True)
     classifier = ShapeColourClassifier(state["width"])
     classifier.load_state_dict(state["state_dict"])
@@ -304,6 +305,43 @@ def colour_drift_report(teacher: DiffusionTeacher, prompt: str, guidance_scales:
             "x0_prediction_by_guidance_scale_and_timestep": by_scale}
 
 
+@torch.no_grad()
+def shape_pull_report(teacher: DiffusionTeacher, classifier: ShapeColourClassifier, start_shape: str,
+                      guidance_scales: list[float], timesteps: list[int], n_images: int, seed: int) -> dict:
+    """Does the teacher's score point from a wrong shape toward the prompt's? For every other canon shape S
+    (its colour cycling through the palette), renders of ``start_shape`` in S's colour are noised at each
+    timestep and the teacher's one-step x0-prediction for "a COLOUR S" at each guidance scale is classified:
+    the fraction of views classified S (the pull a score distillation at that scale and t gets toward S)
+    and the fraction still classified ``start_shape``, over all S and ``n_images`` views each. The sphere
+    is the start a distillation has: its initial blob is a ball."""
+    if teacher.vae is not None:
+        raise ValueError("pull measures pixel-space teachers (ShapeWorld); this one is a latent teacher")
+    generator = torch.Generator(teacher.device).manual_seed(seed)
+    targets = [shape for shape in SHAPES if shape != start_shape]
+    counts = {str(scale): {str(t): {"target": 0, "start": 0} for t in timesteps} for scale in guidance_scales}
+    for index, target in enumerate(targets):
+        colour = COLOURS[index % len(COLOURS)]
+        cameras = sample_dataset_cameras(n_images, generator)
+        renders = render_shape(start_shape, colour, cameras)  # [N, H, W, 3]
+        views = ViewBatch(renders, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
+        for scale in guidance_scales:
+            guidance = ScoreDistillation(teacher, GuidanceSpec(estimator="sds"), caption(target, colour), "",
+                                         Ramp(scale), SHAPEWORLD_VIEWS)
+            for timestep in timesteps:
+                t = torch.full((n_images,), timestep, device=teacher.device)
+                _, x0_prediction, _ = guidance.x0_predictions(views, 0, generator, t)
+                predicted, _ = classifier.predict(((x0_prediction.clamp(-1, 1) + 1) / 2).cpu())
+                entry = counts[str(scale)][str(timestep)]
+                entry["target"] += int((predicted == SHAPES.index(target)).sum())
+                entry["start"] += int((predicted == SHAPES.index(start_shape)).sum())
+    total = n_images * len(targets)
+    return {"start_shape": start_shape, "targets": targets, "n_images_per_target": n_images, "seed": seed,
+            "fraction_classified_target_by_guidance_scale_and_timestep":
+                {scale: {t: round(c["target"] / total, 3) for t, c in row.items()} for scale, row in counts.items()},
+            "fraction_classified_start_by_guidance_scale_and_timestep":
+                {scale: {t: round(c["start"] / total, 3) for t, c in row.items()} for scale, row in counts.items()}}
+
+
 def _train_classifier_command(arguments: argparse.Namespace) -> None:
     classifier = train_classifier(arguments.per_prompt, arguments.epochs, arguments.seed)
     held_out = dataset_tensors(arguments.held_out_per_prompt, arguments.seed + 1000)
@@ -344,6 +382,21 @@ def _drift_command(arguments: argparse.Namespace) -> None:
     if not all(0 <= t < teacher.num_train_timesteps for t in timesteps):
         raise SystemExit(f"error: --timesteps must lie in [0, {teacher.num_train_timesteps}), got {timesteps}")
     print(json.dumps(colour_drift_report(teacher, arguments.prompt, scales, timesteps, arguments.n_images, arguments.seed)))
+
+
+def _pull_command(arguments: argparse.Namespace) -> None:
+    try:  # before loading the teacher, so a typo fails at once
+        if arguments.start_shape not in SHAPES:
+            raise ValueError(f"--from must be one of {list(SHAPES)}, got {arguments.start_shape!r}")
+        scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
+        timesteps = [int(t) for t in arguments.timesteps.split(",")]
+    except ValueError as error:
+        raise SystemExit(f"error: {error} (--guidance-scales e.g. 1,2,7.5, --timesteps e.g. 200,500,800)") from None
+    teacher = load_teacher(arguments.teacher)
+    if not all(0 <= t < teacher.num_train_timesteps for t in timesteps):
+        raise SystemExit(f"error: --timesteps must lie in [0, {teacher.num_train_timesteps}), got {timesteps}")
+    print(json.dumps(shape_pull_report(teacher, load_classifier(arguments.classifier), arguments.start_shape, scales,
+                                       timesteps, arguments.n_images, arguments.seed)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,6 +442,16 @@ def main(argv: list[str] | None = None) -> None:
     drift.add_argument("--n-images", type=int, default=16, help="renders (random data-set views)")
     drift.add_argument("--seed", type=int, default=0)
     drift.set_defaults(run=_drift_command)
+    pull = commands.add_parser("pull", help="how often the teacher's x0-prediction from noised renders of one shape, "
+                                            "prompted with another, is classified as the prompt's (JSON)")
+    pull.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
+    pull.add_argument("--from", dest="start_shape", default="sphere", help="the shape rendered (default: the ball)")
+    pull.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    pull.add_argument("--guidance-scales", default="1,2,5,7.5", help="comma-separated")
+    pull.add_argument("--timesteps", default="200,400,600,800,950", help="comma-separated, of the teacher's schedule")
+    pull.add_argument("--n-images", type=int, default=8, help="renders (random data-set views) per target shape")
+    pull.add_argument("--seed", type=int, default=0)
+    pull.set_defaults(run=_pull_command)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
