@@ -128,3 +128,20 @@ def test_pull_command_classifies_the_teachers_x0_predictions_from_a_ball(capsys)
     assert target["950"] > 0.5 > start["950"]
     with pytest.raises(SystemExit, match="--from must be one of"):
         teacher_quality.main(["pull", "assets/shapeworld-teacher", "--from", "ball"])
+
+
+def test_the_balls_object_fraction_is_a_rendered_spheres_and_its_inverse_finds_the_radius():
+    from threed.shapeworld.render import render_shape, sample_dataset_cameras
+
+    cameras = sample_dataset_cameras(64, torch.Generator().manual_seed(3))
+    rendered = teacher_quality.object_fractions(render_shape("sphere", "red", cameras).permute(0, 3, 1, 2)).mean()
+    assert teacher_quality.ball_object_fraction(0.35, cameras) == pytest.approx(float(rendered), rel=0.03)  # canon sphere: 0.35
+    assert teacher_quality.matching_ball_radius(teacher_quality.ball_object_fraction(0.3, cameras), cameras) == \
+        pytest.approx(0.3, abs=1e-3)
+
+
+def test_size_command_reports_the_teachers_object_fraction_and_its_ball(capsys):
+    teacher_quality.main(["size", "assets/shapeworld-teacher", "--per-prompt", "1", "--steps", "4"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_images"] == 36 and set(report["object_fraction_by_shape"]) == set(SHAPES)
+    assert 0.0 < report["object_fraction"] < 1.0 and 0.05 < report["matching_ball_radius"] < 1.0

@@ -9,6 +9,7 @@ The bar of shapeworld.md is 90% for shape and for colour.
     python -m threed.shapeworld.teacher_quality colour assets/shapeworld-teacher --prompt "a red vase"  # colour and size by guidance
     python -m threed.shapeworld.teacher_quality drift assets/shapeworld-teacher --prompt "a red vase"   # ... by guidance and t
     python -m threed.shapeworld.teacher_quality pull assets/shapeworld-teacher --from sphere   # from a ball to the shape?
+    python -m threed.shapeworld.teacher_quality size assets/shapeworld-teacher   # the size it draws, as a ball's radius
 
 The classifier is trained on renders of its own seeds (never the teacher's training set) with a little
 Gaussian pixel noise, so that a recognisable but grainy sample is judged by its shape, not its grain.
@@ -342,6 +343,37 @@ def shape_pull_report(teacher: DiffusionTeacher, classifier: ShapeColourClassifi
                 {scale: {t: round(c["start"] / total, 3) for t, c in row.items()} for scale, row in counts.items()}}
 
 
+def ball_object_fraction(radius: float, cameras) -> float:
+    """The mean fraction of a square image's pixels that a ball of ``radius`` at the origin covers, over
+    ``cameras`` (each looking at the origin): its silhouette is a disc of angular radius asin(radius / distance)."""
+    half_angle = torch.asin(torch.as_tensor(radius / cameras.distance).clamp(max=1.0))
+    return float((torch.pi * torch.tan(half_angle) ** 2 / (4 * torch.tan(cameras.fovy / 2) ** 2)).mean())
+
+
+def matching_ball_radius(fraction: float, cameras, tolerance: float = 1e-4) -> float:
+    """The radius of the ball whose mean ``ball_object_fraction`` over ``cameras`` is ``fraction`` (bisection)."""
+    low, high = 0.0, float(cameras.distance.min()) * 0.99
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        low, high = (middle, high) if ball_object_fraction(middle, cameras) < fraction else (low, middle)
+    return (low + high) / 2
+
+
+@torch.no_grad()
+def size_report(teacher: DiffusionTeacher, per_prompt: int, steps: int, seed: int) -> dict:
+    """How big the teacher draws objects, whatever the prompt: the mean object fraction (``object_fractions``)
+    of its samples of all 36 prompts (guidance 1), per shape and overall, and the radius of the ball that
+    covers the same mean fraction under the data set's cameras: a prompt-neutral size for a distillation's
+    initial blob, taken from the teacher rather than from the canon's shapes."""
+    images, shapes, _ = sample_teacher(teacher, per_prompt, steps, 1.0, seed)
+    fractions = object_fractions(images)
+    cameras = sample_dataset_cameras(4096, torch.Generator().manual_seed(seed))
+    return {"n_images": len(images), "steps": steps, "seed": seed,
+            "object_fraction": round(float(fractions.mean()), 4),
+            "object_fraction_by_shape": {s: round(float(fractions[shapes == i].mean()), 4) for i, s in enumerate(SHAPES)},
+            "matching_ball_radius": round(matching_ball_radius(float(fractions.mean()), cameras), 4)}
+
+
 def _train_classifier_command(arguments: argparse.Namespace) -> None:
     classifier = train_classifier(arguments.per_prompt, arguments.epochs, arguments.seed)
     held_out = dataset_tensors(arguments.held_out_per_prompt, arguments.seed + 1000)
@@ -399,6 +431,10 @@ def _pull_command(arguments: argparse.Namespace) -> None:
                                        timesteps, arguments.n_images, arguments.seed)))
 
 
+def _size_command(arguments: argparse.Namespace) -> None:
+    print(json.dumps(size_report(load_teacher(arguments.teacher), arguments.per_prompt, arguments.steps, arguments.seed)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m threed.shapeworld.teacher_quality", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -452,6 +488,13 @@ def main(argv: list[str] | None = None) -> None:
     pull.add_argument("--n-images", type=int, default=8, help="renders (random data-set views) per target shape")
     pull.add_argument("--seed", type=int, default=0)
     pull.set_defaults(run=_pull_command)
+    size = commands.add_parser("size", help="how big the teacher draws objects over all prompts, and the ball of that "
+                                            "size (JSON)")
+    size.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
+    size.add_argument("--per-prompt", type=int, default=2, help="samples per prompt (36 prompts), views cycling")
+    size.add_argument("--steps", type=int, default=20, help="sampler steps")
+    size.add_argument("--seed", type=int, default=0)
+    size.set_defaults(run=_size_command)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
