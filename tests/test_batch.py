@@ -64,3 +64,24 @@ def test_runs_that_keep_failing_are_reported_and_the_summary_still_written(fast_
     assert "1 of 1 runs failed: 'a red cube' uni-instruct:fkl seed 0" in capsys.readouterr().err
     rows = list(csv.DictReader(open(outputs_of(fast_overrides) / "batch" / "prompts" / "summary.csv")))
     assert [row["status"] for row in rows] == ["not finished"]
+
+
+def test_in_one_process_a_failing_run_does_not_stop_the_others(fast_overrides, tmp_path, capsys, monkeypatch):
+    from threed import runner
+    from threed.errors import NonFiniteLossError
+
+    def run_cell_failing_seed0(cell):
+        if cell.seed == 0:
+            raise NonFiniteLossError("the loss became NaN")
+        real_run_cell(cell)
+
+    real_run_cell = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", run_cell_failing_seed0)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube | seeds=0,1\n")
+    args = ["--batch", str(prompts), "--config", "configs/tiny.yaml", *fast_overrides, "trainer.max_steps=2",
+            "video.frames=2", "export.formats=[ply]"]
+    assert launch.main(args) == 2
+    assert "1 of 2 runs failed: 'a red cube' uni-instruct:fkl seed 0: the loss became NaN" in capsys.readouterr().err
+    rows = list(csv.DictReader(open(outputs_of(fast_overrides) / "batch" / "prompts" / "summary.csv")))
+    assert [row["status"] for row in rows] == ["not finished", "finished"]

@@ -42,12 +42,23 @@ class CellRunner:
                 missing.append(cell)
         if not missing:
             return
-        if not self.uses_ray:
-            for cell in missing:
-                log.info("%s: training", describe(cell))
+        if self.uses_ray:
+            self._run_on_ray(missing)
+        else:
+            self._run_here(missing)
+
+    def _run_here(self, cells: list[Cell]) -> None:
+        """One after another in this process; a run that fails (bad input, NaN) is reported at the end and does
+        not stop the others. No retries: here a failure would repeat."""
+        failed = []
+        for cell in cells:
+            log.info("%s: training", describe(cell))
+            try:
                 run_cell(cell)
-            return
-        self._run_on_ray(missing)
+            except UserError as error:
+                failed.append(f"{describe(cell)}: {str(error)[:200]}")
+                log.error("%s: failed: %s", describe(cell), error)
+        raise_if_failed(failed, len(cells))
 
     def _run_on_ray(self, cells: list[Cell]) -> None:
         import ray
@@ -75,8 +86,12 @@ class CellRunner:
                 log.error("%s: failed after %d retries", describe(cell), self.retries)
         if started_here:
             ray.shutdown()
-        if failed:
-            raise UserError(f"{len(failed)} of {len(cells)} runs failed: " + "; ".join(failed))
+        raise_if_failed(failed, len(cells))
+
+
+def raise_if_failed(failed: list[str], total: int) -> None:
+    if failed:
+        raise UserError(f"{len(failed)} of {total} runs failed: " + "; ".join(failed))
 
 
 def describe(cell: Cell) -> str:
