@@ -202,10 +202,9 @@ class ScoreDistillation(nn.Module):
         """The losses at training step ``step``; generator draws t and eps (on the images' device)."""
         t, sample = self.noised_sample(views, step, generator)
         scores = self.scores(views, t, sample.sigma, step)
-        estimator = ESTIMATORS[self.spec.estimator_at(step)]
-        options = EstimatorOptions(get_divergence(self.spec.divergence_at(step)), self.spec.ratio, self.spec.alpha_sid)
-        weight = self._time_weight(estimator.time_weight, sample, scores.teacher)
-        generator_losses = {estimator.name: self.spec.weight.at(step) * estimator.loss(sample, scores, weight, options)}
+        estimator = self.spec.estimator_at(step)
+        generator_losses = {estimator: self.spec.weight.at(step) * self.estimator_loss(
+            sample, scores, estimator, self.spec.divergence_at(step))}
         adversarial_weight = self.spec.adversarial_weight.at(step)
         if adversarial_weight > 0:
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(scores.logit(sample.x_t))
@@ -213,6 +212,12 @@ class ScoreDistillation(nn.Module):
         with record_function("guidance.auxiliary_losses"):
             auxiliary, diagnostics = self.auxiliary_losses(latents, views, generator) if self.fake_score else ({}, {})
         return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics)
+
+    def estimator_loss(self, sample: NoisedSample, scores: Scores, estimator: str, divergence: str) -> torch.Tensor:
+        """The named estimator's loss (``guidance.registry``) with its time weight, for ``divergence`` where it uses one."""
+        entry = ESTIMATORS[estimator]
+        options = EstimatorOptions(get_divergence(divergence), self.spec.ratio, self.spec.alpha_sid)
+        return entry.loss(sample, scores, self._time_weight(entry.time_weight, sample, scores.teacher), options)
 
     @torch.no_grad()
     def x0_predictions(self, views: ViewBatch, step: int, generator: torch.Generator, t: torch.Tensor | None = None
