@@ -76,7 +76,7 @@ def test_method_and_seed_lists_are_checked():
 
 
 @pytest.mark.slow
-def test_each_method_runs_as_itself_and_the_configs_own_keeps_its_warm_start():
+def test_each_method_runs_as_itself_and_the_configs_estimator_keeps_its_warm_start():
     base = load_config("configs/shapeworld.yaml", [])  # VSD, then Uni-Instruct forward KL from guidance.switch.step
     final = base.trainer.max_steps
 
@@ -85,9 +85,15 @@ def test_each_method_runs_as_itself_and_the_configs_own_keeps_its_warm_start():
         return [(guidance.estimator_at(step), guidance.divergence_at(step)) for step in (0, final)]
 
     assert run_of(Method("uni-instruct", "fkl")) == [("vsd", "fkl"), ("uni-instruct", "fkl")]
-    assert run_of(Method("uni-instruct", "jkl")) == [("uni-instruct", "jkl")] * 2  # not switched to fkl
-    assert run_of(Method("uni-instruct", "rkl")) == [("uni-instruct", "rkl")] * 2
+    assert run_of(Method("uni-instruct", "jkl")) == [("vsd", "jkl"), ("uni-instruct", "jkl")]  # the same warm start
+    assert run_of(Method("uni-instruct", "rkl")) == [("vsd", "rkl"), ("uni-instruct", "rkl")]
+    assert run_of(Method("f-distill", "fkl")) == [("f-distill", "fkl")] * 2  # another estimator: alone
     assert [estimator for estimator, _ in run_of(Method("vsd"))] == ["vsd", "vsd"]
+    # A base whose switch names the final divergence (reverse KL, then forward KL): the switch's is replaced.
+    reverse_first = load_config("configs/uni-instruct-rkl-to-fkl.yaml", ["prompt=a vase"])
+    jkl = load_config("configs/uni-instruct-rkl-to-fkl.yaml", ["prompt=a vase",
+                                                              *Method("uni-instruct", "jkl").overrides(reverse_first)])
+    assert [jkl.guidance.divergence_at(step) for step in (0, jkl.trainer.max_steps)] == ["rkl", "jkl"]
 
 
 def test_quality_table_scores_every_prompt_method_and_seed_and_reuses_runs(fast_overrides, tmp_path, capsys, caplog):

@@ -40,15 +40,18 @@ class Method:
         return cls(estimator, divergence)
 
     def overrides(self, base: Config) -> list[str]:
-        """Config overrides that run this method on ``base``. The method ``base`` ends on keeps its
-        schedule (a warm start through ``guidance.switch``); any other runs alone from the first step."""
-        final_step = base.trainer.max_steps
-        is_base_method = self.estimator == base.guidance.estimator_at(final_step) and (
-            not ESTIMATORS[self.estimator].uses_divergence or self.divergence == base.guidance.divergence_at(final_step))
-        if is_base_method:
+        """Config overrides that run this method on ``base``. Every divergence of the estimator ``base`` ends
+        on keeps its schedule (a warm start through ``guidance.switch``), only the final divergence
+        replaced, so that divergences are compared from the same start; any other estimator runs alone
+        from the first step."""
+        guidance = base.guidance
+        if self.estimator != guidance.estimator_at(base.trainer.max_steps):
+            divergence = [f"guidance.divergence={self.divergence}"] if self.divergence else []
+            return [f"guidance.estimator={self.estimator}", *divergence, "guidance.switch.step=-1"]
+        if not self.divergence or self.divergence == guidance.divergence_at(base.trainer.max_steps):
             return []
-        divergence = [f"guidance.divergence={self.divergence}"] if self.divergence else []
-        return [f"guidance.estimator={self.estimator}", *divergence, "guidance.switch.step=-1"]
+        switched = guidance.switch.step >= 0 and guidance.switch.divergence
+        return [f"guidance.{'switch.divergence' if switched else 'divergence'}={self.divergence}"]
 
 
 def parse_methods(text: str) -> list[Method]:
