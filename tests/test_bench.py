@@ -1,4 +1,8 @@
-"""The benchmarks: the occupancy benchmark measures one run at several thresholds; the step breakdown names its parts."""
+"""The benchmarks: the occupancy benchmark measures one run at several thresholds; the step breakdown names its parts;
+marching tetrahedra meets the true surface."""
+import json
+
+from threed.tools import bench
 from threed.tools.bench import bench_occupancy
 
 
@@ -22,3 +26,12 @@ def test_the_step_breakdown_names_each_part_of_a_training_step(fast_overrides):
     nested = parts["guidance.teacher"] + parts["guidance.fake_score"] + parts["guidance.auxiliary_losses"]
     assert nested <= 1.05 * parts["step.guidance"]  # the guidance's parts lie inside its step
     assert result["peak_memory_mb"] > 0
+
+
+def test_tetrahedra_reports_a_closed_surface_near_the_true_one(capsys):
+    bench.main(["tetrahedra", "--resolution", "12", "--shapes", "sphere,torus"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["tets"] == 6 * 12**3
+    for shape in ("sphere", "torus"):
+        assert report[shape]["watertight"] and report[shape]["faces"] > 0
+        assert report[shape]["chamfer"] < 0.1 * (1.0 / 12)  # a tenth of a cell

@@ -1,5 +1,5 @@
-"""The layout's rules (shared/design/architecture.md), checked on the imports of every module: nerf/ and
-guidance/ never import threed/ or each other; the product core in threed/ imports neither the ShapeWorld
+"""The layout's rules (shared/design/architecture.md), checked on the imports of every module: nerf/,
+mesh/ and guidance/ never import threed/ or each other; the product core in threed/ imports neither the ShapeWorld
 world nor the tools; and every list of estimators is the registry's."""
 import ast
 from pathlib import Path
@@ -33,7 +33,9 @@ def imports_package(modules: set[str], package: str) -> bool:
     return any(module == package or module.startswith(package + ".") for module in modules)
 
 
-@pytest.mark.parametrize("package, forbidden", [("nerf", ("threed", "guidance")), ("guidance", ("threed", "nerf"))])
+@pytest.mark.parametrize("package, forbidden", [("nerf", ("threed", "guidance", "mesh")),
+                                                ("guidance", ("threed", "nerf", "mesh")),
+                                                ("mesh", ("threed", "guidance", "nerf"))])
 def test_the_libraries_import_neither_the_application_nor_each_other(package, forbidden):
     offenders = [(str(p.relative_to(ROOT)), f) for p in package_files(package) for f in forbidden
                  if imports_package(imported_modules(p), f)]
