@@ -8,12 +8,12 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 import launch
 from threed.cells import Method, parse_methods, parse_seeds
 from threed.config import load_config
 from threed.errors import ConfigError
+from threed.export import load_mesh
 
 
 def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overrides, caplog, capsys):
@@ -33,7 +33,7 @@ def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overri
     from threed.shapeworld.evaluator import evaluate_mesh  # the table's numbers: the evaluator's seed means
 
     for row, label in zip(rows, ("uni-instruct-fkl", "sds")):
-        scores = [evaluate_mesh(trimesh.load(root / label / f"seed{seed}" / "mesh" / "model.glb", force="mesh"),
+        scores = [evaluate_mesh(load_mesh(root / label / f"seed{seed}" / "mesh" / "model.glb"),
                                 "a red cube") for seed in (0, 1)]
         for key in ("chamfer", "iou", "color_error"):
             assert float(row[key]) == pytest.approx(np.mean([score[key] for score in scores]), rel=1e-9), key
@@ -113,7 +113,7 @@ def test_quality_table_scores_every_prompt_method_and_seed_and_reuses_runs(fast_
     from threed.shapeworld.evaluator import evaluate_mesh
 
     chamfer, initial_chamfer, gain, iou = (float(value) for value in runs[1].split(" | ")[3:7])
-    assert iou == pytest.approx(evaluate_mesh(trimesh.load(cell_mesh, force="mesh"), "a red cube")["iou"], abs=5e-4)
+    assert iou == pytest.approx(evaluate_mesh(load_mesh(cell_mesh), "a red cube")["iou"], abs=5e-4)
     assert gain == pytest.approx(1 - chamfer / initial_chamfer, abs=0.01) and initial_chamfer > 0
     assert all(line.split(" | ")[-1] == f"{torch.get_num_threads()} |" for line in runs)  # the cells' own threads
     cube_gains = [float(line.split(" | ")[5]) for line in runs[:2]]

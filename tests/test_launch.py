@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 import launch
 from tests.conftest import overrides_for_fast_runs
 from threed.checkpoint import list_checkpoints, load_checkpoint
 from threed.config import load_config
+from threed.export import load_mesh
 from threed.run import Run
 
 
@@ -50,7 +50,7 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
     assert sorted(p.name for p in (run / "validation").iterdir()) == ["step0000003.png", "step0000006.png"]
     assert (run / "turntable.mp4").stat().st_size > 0
     for file_format in ("obj", "glb", "ply"):
-        mesh = trimesh.load(run / "mesh" / f"model.{file_format}", force="mesh")
+        mesh = load_mesh(run / "mesh" / f"model.{file_format}")
         assert len(mesh.vertices) > 100 and len(mesh.faces) > 100
         colors = np.asarray(mesh.visual.vertex_colors)
         assert colors.shape == (len(mesh.vertices), 4)
@@ -59,7 +59,7 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
     assert (score["shape"], score["colour"]) == ("vase", "red")
     from threed.shapeworld.evaluator import evaluate_mesh  # the evaluator's numbers for the mesh it wrote
 
-    again = evaluate_mesh(trimesh.load(run / "mesh" / "model.ply", force="mesh", process=False), "a red vase")
+    again = evaluate_mesh(load_mesh(run / "mesh" / "model.ply"), "a red vase")
     assert {key: score[key] for key in ("chamfer", "iou", "color_error")} == pytest.approx(
         {key: again[key] for key in ("chamfer", "iou", "color_error")}, rel=1e-3)
     # The shape gain: against the mesh of the run's initial representation (step 0, the same export).
@@ -70,7 +70,7 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
 
 def test_the_initial_blob_exports_as_a_closed_ball(finished_run):
     run, _ = finished_run
-    mesh = trimesh.load(run / "mesh" / "model.ply", force="mesh")
+    mesh = load_mesh(run / "mesh" / "model.ply")
     assert mesh.is_watertight
     assert mesh.volume > 0  # faces point outwards
     radii = np.linalg.norm(mesh.vertices, axis=1)
@@ -209,6 +209,6 @@ def test_the_shapeworld_evaluator_accepts_an_exported_mesh(finished_run):
 
     run, _ = finished_run
     mesh_file = next((run / "mesh").glob("model.*"))  # another test may have re-exported only one format
-    score = evaluate_mesh(trimesh.load(mesh_file, force="mesh", process=False), "a red vase")
+    score = evaluate_mesh(load_mesh(mesh_file), "a red vase")
     truth = evaluate_mesh(ground_truth_mesh("vase"), "a red vase")  # the true vase, uncoloured: grey
     assert truth["chamfer"] < 0.005 < score["chamfer"] and truth["iou"] > 0.95 > score["iou"] > 0.0

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from threed.export import save_mesh
 from threed.shapeworld import canon, evaluator
 from threed.shapeworld.__main__ import main as shapeworld_main
 
@@ -51,7 +52,7 @@ def test_the_wrong_shape_scores_worse(red_cube):
 
 def test_eval_command_prints_json(red_cube, tmp_path, capsys):
     path = tmp_path / "cube.ply"
-    red_cube.export(path)
+    save_mesh(red_cube, path)  # +Y up, as the project writes meshes and glTF viewers read them
     shapeworld_main(["eval", str(path), "--prompt", "a red cube, side view"])
     result = json.loads(capsys.readouterr().out)
     assert result["shape"] == "cube" and result["iou"] > 0.95

@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 import launch
 from guidance.pixel_pipeline import PixelDiffusionPipeline
 from guidance.teacher import DiffusionTeacher, TeacherSpec
 from tests.conftest import overrides_for_fast_runs
 from threed.config import load_config
+from threed.export import load_mesh
 from threed.shapeworld.evaluator import evaluate_mesh
 
 SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "shapeworld-teacher"
@@ -61,7 +61,7 @@ def test_a_short_shapeworld_run_exports_a_mesh_the_evaluator_scores(tmp_path):
     assert launch.main(["--config", "configs/shapeworld.yaml", "--train", "--prompt", "a green torus", *overrides,
                         "export.formats=[obj]", "export.threshold=5"]) == 0
     mesh_file = next((tmp_path / "outputs").glob("shapeworld/*/mesh/model.obj"))
-    score = evaluate_mesh(trimesh.load(mesh_file, force="mesh", process=False), "a green torus")
+    score = evaluate_mesh(load_mesh(mesh_file), "a green torus")
     written = json.loads((mesh_file.parent / "shapeworld_score.json").read_text())  # the run's own, in memory
     assert {key: score[key] for key in ("chamfer", "iou")} == pytest.approx(
         {key: written[key] for key in ("chamfer", "iou")}, rel=1e-3)

@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 
 from threed.cells import Cell, Method, plan_cells
 from threed.evaluation import evaluator_for
+from threed.export import load_mesh
 from threed.mesh_metrics import chamfer, surface_samples
 from threed.runner import CellRunner
 from threed.video import write_mp4
@@ -78,7 +79,7 @@ def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Pa
     rows = []
     for method in methods:
         mine = [c for c in cells if c.method == method]
-        meshes = [trimesh.load(c.mesh, force="mesh") for c in mine]
+        meshes = [load_mesh(c.mesh) for c in mine]
         row = {"method": method.label, "seeds": len(mine),
                "wall_time_s": np.mean([c.wall_time_s for c in mine])}
         if evaluator is not None:

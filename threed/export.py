@@ -1,4 +1,4 @@
-"""Mesh extraction (marching cubes on the density grid) and export with vertex colours."""
+"""Mesh extraction (marching cubes on the density grid) and export with vertex colours, +Y up as glTF requires."""
 from __future__ import annotations
 
 import dataclasses
@@ -85,7 +85,21 @@ def without_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trim
     return trimesh.util.concatenate([piece for piece in pieces if len(piece.faces) >= min_fraction * largest])
 
 
+# The project's world has +Z up (the canon, the cameras); glTF requires +Y up, and viewers read OBJ and PLY
+# the same way, so every mesh file is written +Y up: (x, y, z) -> (x, z, -y), a quarter turn about x.
+WORLD_TO_FILE = trimesh.transformations.rotation_matrix(-np.pi / 2, [1.0, 0.0, 0.0])
+
+
 def save_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
-    """Writes OBJ, GLB or PLY by the file's suffix, atomically."""
+    """Writes OBJ, GLB or PLY by the file's suffix, atomically, +Y up (``WORLD_TO_FILE``)."""
+    upright = mesh.copy()
+    upright.apply_transform(WORLD_TO_FILE)
     with atomic_path(path) as temporary:
-        mesh.export(temporary)
+        upright.export(temporary)
+
+
+def load_mesh(path: str | Path) -> trimesh.Trimesh:
+    """A mesh file as a viewer reads it (+Y up: a GLB, or what ``save_mesh`` wrote), in the world's frame (+Z up)."""
+    mesh = trimesh.load(path, force="mesh", process=False)
+    mesh.apply_transform(np.linalg.inv(WORLD_TO_FILE))
+    return mesh

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import trimesh
 
+from threed.export import load_mesh, save_mesh
 from threed.files import atomic_path
 from threed.shapeworld.canon import SHAPES, parse_prompt
 from threed.shapeworld.evaluator import evaluate_mesh, ground_truth_mesh
@@ -29,7 +29,7 @@ def _generate_command(arguments: argparse.Namespace) -> None:
 def _eval_command(arguments: argparse.Namespace) -> None:
     try:
         parse_prompt(arguments.prompt)  # before the (slow) loading, so a typo fails at once
-        mesh = trimesh.load(arguments.mesh, force="mesh")
+        mesh = load_mesh(arguments.mesh)
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
     print(json.dumps(evaluate_mesh(mesh, arguments.prompt)))
@@ -38,7 +38,7 @@ def _eval_command(arguments: argparse.Namespace) -> None:
 def _meshes_command(arguments: argparse.Namespace) -> None:
     arguments.out.mkdir(parents=True, exist_ok=True)
     for shape in SHAPES:
-        ground_truth_mesh(shape, arguments.resolution).export(arguments.out / f"{shape}.ply")
+        save_mesh(ground_truth_mesh(shape, arguments.resolution), arguments.out / f"{shape}.ply")
     print(f"wrote {len(SHAPES)} ground-truth meshes to {arguments.out}")
 
 

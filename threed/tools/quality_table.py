@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import trimesh
 
 from threed.cells import Cell, Method, parse_methods, parse_seeds, plan_cells
 from threed.config import override
 from threed.errors import UserError
+from threed.export import load_mesh
 from threed.run import Run
 from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
@@ -41,7 +41,7 @@ def score_cell(cell: Cell, prompt: str) -> dict:
         score = json.loads(saved.read_text())
         initial_chamfer = score["initial"]["chamfer"]
     else:
-        score = evaluate_mesh(trimesh.load(cell.mesh, force="mesh"), prompt)
+        score = evaluate_mesh(load_mesh(cell.mesh), prompt)
         initial_mesh = Run(cell.config, cell.paths).initial_representation().extract_mesh(cell.config.export)
         initial_chamfer = evaluate_mesh(initial_mesh, prompt)["chamfer"]
     return {"prompt": prompt, "shape": parse_prompt(prompt)[0], "method": cell.method.label, "seed": cell.seed,
