@@ -1,0 +1,101 @@
+"""Triangle rasterization with nvdiffrast's semantics, in PyTorch (the CPU backend).
+
+``rasterize`` gives, per pixel, the nearest triangle's index, its perspective-correct barycentrics and
+its depth; ``interpolate`` turns vertex attributes into pixel attributes through them. As in
+nvdiffrast, the barycentrics are differentiable in the vertices' clip-space positions and the
+interpolated attributes in the attributes, so gradients reach both inside triangles. Silhouettes (an
+antialiasing pass, nvdiffrast's ``antialias``) are not done yet: a pixel's coverage changes only as a
+step, so no gradient moves a silhouette.
+
+Conventions are nvdiffrast's: clip-space positions [V, 4] (x, y, z, w), pixel centres at NDC
+((i + 0.5) / W * 2 - 1, (j + 0.5) / H * 2 - 1), row j increasing with y (OpenGL's, so row 0 is the bottom),
+depth z / w, both windings drawn. Triangles with a vertex behind the camera (w <= 0) are skipped rather
+than clipped.
+
+How: every triangle lists the pixel centres of its screen bounding box, barycentrics are computed for
+those (pixel, triangle) pairs at once, and a depth test by ``scatter_reduce`` keeps the nearest: work in
+proportion to the triangles' screen area, which suits the small meshes of the mesh stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Raster:
+    triangle: torch.Tensor  # [H, W] long: the covering triangle's index, -1 where none
+    barycentric: torch.Tensor  # [H, W, 3] perspective-correct barycentrics (0 where none), differentiable
+    depth: torch.Tensor  # [H, W] z / w of the nearest surface (+inf where none)
+
+
+def _screen(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Clip-space positions [V, 4] -> pixel coordinates (x, y) [V, 2] in which pixel centres are integers."""
+    ndc = clip[:, :2] / clip[:, 3:4]
+    return torch.stack([(ndc[:, 0] + 1) * width / 2 - 0.5, (ndc[:, 1] + 1) * height / 2 - 0.5], dim=-1)
+
+
+def _candidate_pairs(corners: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Screen corners [F, 3, 2] -> (triangle [N], pixel (x, y) [N, 2]): every pixel centre in each triangle's bounding box."""
+    low = corners.amin(dim=1).ceil().clamp_min(0).long()
+    high = torch.minimum(corners.amax(dim=1).floor().long(), torch.tensor([width - 1, height - 1], device=corners.device))
+    size = (high - low + 1).clamp_min(0)  # [F, 2] pixels across and up
+    counts = size[:, 0] * size[:, 1]
+    triangle = torch.repeat_interleave(torch.arange(len(corners), device=corners.device), counts)
+    start = torch.cumsum(counts, 0) - counts
+    local = torch.arange(len(triangle), device=corners.device) - start[triangle]
+    across = size[triangle, 0].clamp_min(1)
+    pixel = low[triangle] + torch.stack([local % across, local // across], dim=-1)
+    return triangle, pixel
+
+
+def _screen_barycentrics(corners: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
+    """Corners [N, 3, 2] and points [N, 2] -> screen-space barycentrics [N, 3] (either winding)."""
+    a, b, c = corners.unbind(dim=1)
+
+    def cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+
+    area = cross(b - a, c - a)
+    weights = torch.stack([cross(b - pixel, c - pixel), cross(c - pixel, a - pixel), cross(a - pixel, b - pixel)], dim=-1)
+    return weights / area[:, None]
+
+
+def rasterize(clip: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> Raster:
+    """The nearest triangle at every pixel of an ``height`` x ``width`` image of one view: ``clip`` [V, 4]
+    clip-space positions, ``faces`` [F, 3] long."""
+    device = clip.device
+    visible = (clip[faces, 3] > 0).all(dim=1)
+    faces = faces[visible]
+    face_index = torch.nonzero(visible).squeeze(1)
+    with torch.no_grad():
+        corners = _screen(clip.detach(), height, width)[faces]  # [F, 3, 2]
+        triangle, pixel = _candidate_pairs(corners, height, width)
+        screen = _screen_barycentrics(corners[triangle], pixel.to(corners.dtype))
+        inside = (screen >= 0).all(dim=1) & torch.isfinite(screen).all(dim=1)
+        triangle, pixel, screen = triangle[inside], pixel[inside], screen[inside]
+        ndc_depth = clip.detach()[faces[triangle], 2] / clip.detach()[faces[triangle], 3]  # [N, 3]
+        depth = (screen * ndc_depth).sum(dim=1)  # z / w is affine in screen space
+        flat = pixel[:, 1] * width + pixel[:, 0]
+        nearest = torch.full((height * width,), torch.inf, dtype=depth.dtype, device=device).scatter_reduce(0, flat, depth, "amin")
+        front = depth == nearest[flat]
+        first = torch.full((height * width,), len(faces), device=device).scatter_reduce(0, flat[front], triangle[front], "amin")
+        won = front & (triangle == first[flat])  # ties to the lowest index
+        triangle, pixel, flat = triangle[won], pixel[won], flat[won]
+    corners = _screen(clip, height, width)[faces[triangle]]  # again, with gradients, for the winners only
+    screen = _screen_barycentrics(corners, pixel.to(corners.dtype))
+    perspective = screen / clip[faces[triangle], 3]  # barycentrics of 1 / w, then normalised
+    perspective = perspective / perspective.sum(dim=1, keepdim=True)
+    barycentric = clip.new_zeros((height * width, 3)).index_put((flat,), perspective)
+    index = torch.full((height * width,), -1, dtype=torch.long, device=device).index_put((flat,), face_index[triangle])
+    return Raster(index.view(height, width), barycentric.view(height, width, 3), nearest.view(height, width))
+
+
+def interpolate(attributes: torch.Tensor, raster: Raster, faces: torch.Tensor) -> torch.Tensor:
+    """Vertex attributes [V, C] -> pixel attributes [H, W, C] (0 where no triangle), differentiable in both
+    the attributes and the raster's barycentrics."""
+    covered = raster.triangle >= 0
+    corners = attributes[faces[raster.triangle.clamp_min(0)]]  # [H, W, 3, C]
+    values = (raster.barycentric[..., None] * corners).sum(dim=-2)
+    return values * covered[..., None]
