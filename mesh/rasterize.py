@@ -1,11 +1,11 @@
 """Triangle rasterization with nvdiffrast's semantics, in PyTorch (the CPU backend).
 
 ``rasterize`` gives, per pixel, the nearest triangle's index, its perspective-correct barycentrics and
-its depth; ``interpolate`` turns vertex attributes into pixel attributes through them. As in
-nvdiffrast, the barycentrics are differentiable in the vertices' clip-space positions and the
-interpolated attributes in the attributes, so gradients reach both inside triangles. Silhouettes (an
-antialiasing pass, nvdiffrast's ``antialias``) are not done yet: a pixel's coverage changes only as a
-step, so no gradient moves a silhouette.
+its depth; ``interpolate`` turns vertex attributes into pixel attributes through them; ``antialias``
+blends the two pixels on either side of a silhouette by where the front triangle's edge crosses
+between their centres. As in nvdiffrast, the barycentrics are differentiable in the vertices'
+clip-space positions and the interpolated attributes in the attributes, so gradients reach both
+inside triangles; through ``antialias`` they also move silhouettes.
 
 Conventions are nvdiffrast's: clip-space positions [V, 4] (x, y, z, w), pixel centres at NDC
 ((i + 0.5) / W * 2 - 1, (j + 0.5) / H * 2 - 1), row j increasing with y (OpenGL's, so row 0 is the bottom),
@@ -99,3 +99,46 @@ def interpolate(attributes: torch.Tensor, raster: Raster, faces: torch.Tensor) -
     corners = attributes[faces[raster.triangle.clamp_min(0)]]  # [H, W, 3, C]
     values = (raster.barycentric[..., None] * corners).sum(dim=-2)
     return values * covered[..., None]
+
+
+def _edge_crossing(corners: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the segment from ``start`` (inside the triangle) to ``end`` [N, 2] leaves the triangle of
+    ``corners`` [N, 3, 2]: the fraction [N] of the way, in (0, 1] when ``end`` is outside, and the
+    direction [N, 2] of the edge it leaves through."""
+    at_start, at_end = _screen_barycentrics(corners, start), _screen_barycentrics(corners, end)
+    leaving = at_end < 0
+    fraction = at_start / (at_start - at_end).where(leaving, torch.ones_like(at_end))
+    fraction, opposite = fraction.where(leaving, torch.full_like(fraction, 2.0)).min(dim=1)
+    rows = torch.arange(len(corners), device=corners.device)
+    direction = corners[rows, (opposite + 2) % 3] - corners[rows, (opposite + 1) % 3]
+    return fraction.clamp(0.0, 1.0), direction
+
+
+def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """``colour`` [H, W, C] with its silhouettes blended, differentiable in ``clip`` [V, 4] through the edges'
+    positions. For each pair of horizontal or vertical neighbours showing different surfaces, the front
+    one's triangle ends at a fraction a of the way to the other's centre: past the middle (a > 1/2) it
+    covers a - 1/2 of the other pixel, whose colour moves that far toward the front pixel's; short of it,
+    the front pixel itself is uncovered by 1/2 - a and moves toward the other's. An edge is blended
+    across the pairs of the axis it is more nearly perpendicular to (horizontal pairs for steep edges,
+    vertical ones for flat edges), so that no pixel's coverage is counted twice."""
+    height, width, channels = colour.shape
+    screen = _screen(clip, height, width)
+    rows, columns = torch.meshgrid(torch.arange(height, device=colour.device), torch.arange(width, device=colour.device),
+                                   indexing="ij")
+    centres = torch.stack([columns, rows], dim=-1).to(screen.dtype).view(-1, 2)
+    flat_colour, triangle, depth = colour.reshape(-1, channels), raster.triangle.view(-1), raster.depth.view(-1)
+    index = torch.arange(height * width, device=colour.device).view(height, width)
+    change = torch.zeros_like(flat_colour)
+    for across, (first, second) in enumerate(((index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :]))):
+        for front, back in ((first.reshape(-1), second.reshape(-1)), (second.reshape(-1), first.reshape(-1))):
+            edge = (triangle[front] != triangle[back]) & (triangle[front] >= 0) & (depth[front] < depth[back])
+            front, back = front[edge], back[edge]
+            crossing, direction = _edge_crossing(screen[faces[triangle[front]]], centres[front], centres[back])
+            along, other = direction.detach().abs().unbind(dim=-1)  # x and y extents of the edge
+            mine = (other >= along) if across == 0 else (along > other)
+            front, back, crossing = front[mine], back[mine], crossing[mine][:, None]
+            towards_front = (crossing - 0.5).clamp_min(0) * (flat_colour[front] - flat_colour[back])
+            towards_back = (0.5 - crossing).clamp_min(0) * (flat_colour[back] - flat_colour[front])
+            change = change.index_add(0, back, towards_front).index_add(0, front, towards_back)
+    return (flat_colour + change).view(height, width, channels)

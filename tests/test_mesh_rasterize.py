@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mesh.rasterize import interpolate, rasterize
+from mesh.rasterize import antialias, interpolate, rasterize
 
 
 def pixel_centres(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,3 +87,42 @@ def test_parity_with_nvdiffrast():
     agree = triangle == ours.triangle
     assert agree.float().mean() > 0.99  # pixels exactly on a shared edge may go either way
     assert torch.allclose(theirs[0, ..., :2][agree & (triangle >= 0)], ours.barycentric[..., :2][agree & (triangle >= 0)], atol=1e-4)
+
+
+def white_triangle(clip: torch.Tensor, size: int) -> torch.Tensor:
+    faces = torch.tensor([[0, 1, 2]])
+    raster = rasterize(clip, faces, size, size)
+    return antialias(interpolate(torch.ones(3, 1, dtype=clip.dtype), raster, faces), raster, clip, faces)[..., 0]
+
+
+def clip_of(corners: torch.Tensor) -> torch.Tensor:
+    """NDC corners [3, 2] -> clip-space [3, 4] at depth 0, w = 1."""
+    return torch.cat([corners, torch.zeros(3, 1, dtype=corners.dtype), torch.ones(3, 1, dtype=corners.dtype)], dim=1)
+
+
+CORNERS = torch.tensor([[-0.71, -0.83], [0.77, -0.41], [-0.23, 0.68]], dtype=torch.float64)
+
+
+def test_antialiased_coverage_follows_the_area_as_the_triangle_slides():
+    a, b, c = CORNERS * 16 / 2  # in pixels of a 16 x 16 image
+    area = 0.5 * abs(float((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])))
+    hard, soft = [], []
+    for shift in torch.linspace(0, 2 / 16, 9, dtype=torch.float64):  # a pixel's width, in steps
+        clip = clip_of(CORNERS + torch.stack([shift, shift / 3]))
+        hard.append((rasterize(clip, torch.tensor([[0, 1, 2]]), 16, 16).triangle >= 0).sum().item())
+        soft.append(white_triangle(clip, 16).sum().item())
+    assert max(abs(value - area) for value in soft) / area < 0.03
+    assert torch.tensor(soft).std() < 0.5 * torch.tensor(hard, dtype=torch.float64).std()  # no pixel-sized steps
+
+
+def test_antialiasing_moves_the_silhouette_with_the_vertices():
+    weights = torch.linspace(0, 1, 16, dtype=torch.float64).expand(16, 16)  # brighter to the right
+
+    def score(shift: torch.Tensor) -> torch.Tensor:
+        return (white_triangle(clip_of(CORNERS + torch.stack([shift, torch.zeros_like(shift)])), 16) * weights).sum()
+
+    shift = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(score(shift), shift)
+    step = 0.2  # 1.6 pixels: a slope over several pixels' edges, as the antialiased image is nearly linear
+    secant = (score(torch.tensor(step, dtype=torch.float64)) - score(torch.tensor(-step, dtype=torch.float64))) / (2 * step)
+    assert float(gradient) == pytest.approx(float(secant), rel=0.2)  # a hard rasterizer's gradient here is 0
