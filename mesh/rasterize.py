@@ -30,6 +30,17 @@ class Raster:
     depth: torch.Tensor  # [H, W] z / w of the nearest surface (+inf where none)
 
 
+def clip_positions(points: torch.Tensor, camera_to_world: torch.Tensor, fovy: float | torch.Tensor,
+                   aspect: float = 1.0, near: float = 0.1, far: float = 100.0) -> torch.Tensor:
+    """World points [V, 3] -> clip-space [V, 4] for an OpenGL camera (``camera_to_world`` [4, 4], looking down
+    its -z with +y up, as ``threed.cameras`` makes them) of vertical field of view ``fovy`` (radians)."""
+    world_to_camera = torch.linalg.inv(camera_to_world)
+    x, y, z = (points @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]).unbind(dim=-1)
+    focal = 1.0 / torch.tan(torch.as_tensor(fovy, dtype=points.dtype, device=points.device) / 2)
+    depth = (far + near) / (near - far) * z + 2 * far * near / (near - far)
+    return torch.stack([focal / aspect * x, focal * y, depth, -z], dim=-1)
+
+
 def _screen(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Clip-space positions [V, 4] -> pixel coordinates (x, y) [V, 2] in which pixel centres are integers."""
     ndc = clip[:, :2] / clip[:, 3:4]

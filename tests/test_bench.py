@@ -35,3 +35,13 @@ def test_tetrahedra_reports_a_closed_surface_near_the_true_one(capsys):
     for shape in ("sphere", "torus"):
         assert report[shape]["watertight"] and report[shape]["faces"] > 0
         assert report[shape]["chamfer"] < 0.1 * (1.0 / 12)  # a tenth of a cell
+
+
+def test_rasterize_times_the_mesh_against_a_nerf_view(capsys):
+    bench.main(["rasterize", "--subdivisions", "2", "--repeats", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["triangles"] == 320
+    for resolution in ("res64", "res256"):
+        entry = report[resolution]
+        assert entry["mesh_ms"] > 0 and entry["nerf_ms"] > 0
+        assert entry["mesh_over_nerf"] == round(entry["mesh_ms"] / entry["nerf_ms"], 3)

@@ -126,3 +126,17 @@ def test_antialiasing_moves_the_silhouette_with_the_vertices():
     step = 0.2  # 1.6 pixels: a slope over several pixels' edges, as the antialiased image is nearly linear
     secant = (score(torch.tensor(step, dtype=torch.float64)) - score(torch.tensor(-step, dtype=torch.float64))) / (2 * step)
     assert float(gradient) == pytest.approx(float(secant), rel=0.2)  # a hard rasterizer's gradient here is 0
+
+
+def test_clip_positions_follow_the_projects_cameras():
+    from mesh.rasterize import clip_positions
+    from threed.cameras import look_at_origin
+
+    c2w = look_at_origin(torch.tensor([20.0]), torch.tensor([35.0]), torch.tensor([2.0]))[0]
+    fovy = torch.deg2rad(torch.tensor(50.0))
+    up = c2w[:3, 1]  # the camera's up, in the world
+    target = 2.0 * torch.tan(fovy / 2) * up  # at the origin's distance, on the top edge of the view
+    clip = clip_positions(torch.stack([torch.zeros(3), target]), c2w, fovy)
+    ndc = clip[:, :3] / clip[:, 3:]
+    assert torch.allclose(ndc[0, :2], torch.zeros(2), atol=1e-6) and ndc[1, 1] == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(clip[:, 3], torch.tensor([2.0, 2.0]), atol=1e-5)  # w: the distance along the view axis

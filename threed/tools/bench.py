@@ -5,6 +5,7 @@
     python -m threed.tools.bench occupancy [--config configs/shapeworld.yaml] [--thresholds 0.01,0.4] [--every 100] [key.path=value ...]
     python -m threed.tools.bench step [--config configs/shapeworld.yaml] [--warmup 5] [--steps 10] [key.path=value ...]
     python -m threed.tools.bench tetrahedra [--resolution 128] [--shapes sphere,torus]
+    python -m threed.tools.bench rasterize [--subdivisions 5] [--repeats 3]
 
 ``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
 with dense sampling and with empty-space skipping at the same sample spacing, on a field with
@@ -26,6 +27,11 @@ torch.profiler and reports the mean milliseconds per step of each part the train
 label (``step.*``, ``guidance.*``: the render, the teacher's and the fake score's U-Net calls, the
 discriminator, each backward and optimiser step, the fake score's update...), nested parts included
 in their parents; and the peak memory (CUDA's allocator, or the process's resident set on the CPU).
+
+``rasterize``: the mesh stages' CPU rasterizer (``mesh.rasterize``: rasterize, interpolate vertex colours,
+antialias) forward plus backward into the vertices and colours, for an icosphere of radius 0.35 (20,480
+triangles at the default subdivisions), at 64 x 64 and 256 x 256, against one NeRF view's forward plus
+backward of the ``render`` benchmark's sphere field with empty-space skipping, same camera, same process.
 
 ``tetrahedra``: marching tetrahedra (``mesh.tetrahedra``) on a grid of ``--resolution`` cells a side
 over [-0.5, 0.5]^3 from the exact signed distance of canon shapes: the milliseconds of the
@@ -206,6 +212,39 @@ def render_views_backward(trainer: Trainer, cameras: list[CameraBatch]) -> None:
         trainer.representation.zero_grad(set_to_none=True)
 
 
+def mesh_render_step(subdivisions: int, resolution: int, device: torch.device):
+    """The rasterizer's forward and backward pass for an icosphere seen by ``render_step``'s camera."""
+    from mesh.rasterize import antialias, clip_positions, interpolate, rasterize
+
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions, radius=SPHERE_RADIUS)
+    vertices = torch.as_tensor(sphere.vertices, dtype=torch.float32, device=device).requires_grad_(True)
+    colours = torch.rand(len(vertices), 3, device=device).requires_grad_(True)
+    faces = torch.as_tensor(sphere.faces, dtype=torch.long, device=device)
+    camera = make_cameras(*(torch.tensor([v], device=device) for v in (15.0, 30.0, 2.0, 50.0)), resolution, resolution)
+
+    def work():
+        clip = clip_positions(vertices, camera.c2w[0], camera.fovy[0])
+        raster = rasterize(clip, faces, resolution, resolution)
+        antialias(interpolate(colours, raster, faces), raster, clip, faces).sum().backward()
+
+    return work, len(faces)
+
+
+def bench_rasterize(subdivisions: int, repeats: int) -> dict:
+    device = default_device()
+    field = sphere_field(device)
+    spec = RenderSpec(samples_per_ray=64, chunk_rays=4096)
+    result = {"device": describe(device)}
+    for resolution in (64, 256):
+        work, triangles = mesh_render_step(subdivisions, resolution, device)
+        mesh_ms = timed_ms(work, repeats, device)
+        nerf_ms = timed_ms(render_step(field, resolution, spec, field.occupancy, device), repeats, device)
+        result["triangles"] = triangles
+        result[f"res{resolution}"] = {"mesh_ms": round(mesh_ms, 1), "nerf_ms": round(nerf_ms, 1),
+                                      "mesh_over_nerf": round(mesh_ms / nerf_ms, 3)}
+    return result
+
+
 def surface_points(distance, points: torch.Tensor) -> torch.Tensor:
     """Points [N, 3] near the zero set of an exact signed ``distance``, moved onto it along its gradient."""
     points = points.clone().requires_grad_(True)
@@ -256,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--warmup", type=int, default=5, help="steps before any timing")
     step.add_argument("--steps", type=int, default=10, help="steps timed, then as many profiled")
     step.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    rasterize = commands.add_parser("rasterize", help="the CPU rasterizer against a NeRF view, forward plus backward")
+    rasterize.add_argument("--subdivisions", type=int, default=5, help="icosphere subdivisions (5: 20,480 triangles)")
+    rasterize.add_argument("--repeats", type=int, default=3)
     tetrahedra = commands.add_parser("tetrahedra", help="marching tetrahedra's accuracy on canon shapes' exact distances")
     tetrahedra.add_argument("--resolution", type=int, default=128, help="grid cells a side")
     tetrahedra.add_argument("--shapes", default="sphere,torus", help="comma-separated canon shapes")
@@ -264,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
            "occupancy": lambda: bench_occupancy(args.config, args.overrides, [float(t) for t in args.thresholds.split(",")],
                                                 args.every, args.views),
            "step": lambda: bench_step(args.config, args.overrides, args.warmup, args.steps),
+           "rasterize": lambda: bench_rasterize(args.subdivisions, args.repeats),
            "tetrahedra": lambda: bench_tetrahedra(args.resolution, args.shapes.split(","))}
     print(json.dumps(run[args.command]()))
 
