@@ -44,4 +44,4 @@ def test_rasterize_times_the_mesh_against_a_nerf_view(capsys):
     for resolution in ("res64", "res256"):
         entry = report[resolution]
         assert entry["mesh_ms"] > 0 and entry["nerf_ms"] > 0
-        assert entry["mesh_over_nerf"] == round(entry["mesh_ms"] / entry["nerf_ms"], 3)
+        assert abs(entry["mesh_over_nerf"] - entry["mesh_ms"] / entry["nerf_ms"]) < 0.002 + 0.01 * entry["mesh_over_nerf"]
