@@ -1,6 +1,7 @@
 """Command line: train, resume, render a turntable, or export meshes.
 
     python launch.py --config configs/tiny.yaml --train --prompt "a red vase" [key.path=value ...]
+    python launch.py --config configs/shapeworld-geometry.yaml --train --from RUN_DIR   # a mesh stage after a NeRF run
     python launch.py --resume RUN_DIR [key.path=value ...]
     python launch.py --test RUN_DIR
     python launch.py --export RUN_DIR --format obj
@@ -17,6 +18,7 @@ from guidance.teacher import TeacherNotFoundError
 from threed.config import EXPORT_FORMATS, load_config, override
 from threed.errors import UserError
 from threed.run import Run
+from threed.run_folder import existing_run_folder
 from threed.runner import CellRunner
 from threed.shapeworld.evaluator import register_evaluator
 
@@ -36,6 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                       "' | seeds=0,1 | methods=sds,vsd'), then write a summary")
     parser.add_argument("--config", help="YAML config (for --train)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, help="mesh format for --export (default: all of export.formats)")
+    parser.add_argument("--from", dest="from_run", metavar="RUN_DIR",
+                        help="for a mesh stage's --train: start from this finished NeRF run (mesh.start_from=RUN_DIR; "
+                             "its prompt unless --prompt is given)")
     parser.add_argument("--prompt", help="shorthand for prompt=TEXT")
     parser.add_argument("--seed", type=int, help="shorthand for seed=N")
     parser.add_argument("--outputs", help="shorthand for outputs=DIR (default: outputs)")
@@ -52,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.train or args.compare or args.batch) and not args.config:
         parser.error("--train, --compare and --batch need --config FILE (e.g. configs/tiny.yaml)")
+    if args.from_run and not args.train:
+        parser.error("--from RUN_DIR starts a mesh stage: use it with --train --config (e.g. configs/shapeworld-geometry.yaml)")
     if args.workers < 1 or args.cpus_per_run < 1 or args.gpus_per_run < 0:
         parser.error("--workers and --cpus-per-run must be at least 1, --gpus-per-run at least 0")
     return args
@@ -59,6 +66,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
     shorthands = {"prompt": args.prompt, "seed": args.seed, "outputs": args.outputs}
+    if args.from_run:
+        source = existing_run_folder(args.from_run)
+        shorthands = {"mesh.start_from": str(source.root), "prompt": args.prompt or load_config(source.config).prompt,
+                      "seed": args.seed, "outputs": args.outputs}
     return [override(key, value) for key, value in shorthands.items() if value is not None] + args.overrides
 
 

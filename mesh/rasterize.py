@@ -61,16 +61,22 @@ def _candidate_pairs(corners: torch.Tensor, height: int, width: int) -> tuple[to
     return triangle, pixel
 
 
+def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The z of the cross product of 2D vectors [N, 2] -> [N]."""
+    return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+
+
+def _screen_area(corners: torch.Tensor) -> torch.Tensor:
+    """Corners [N, 3, 2] -> twice the signed area [N] (positive counter-clockwise)."""
+    a, b, c = corners.unbind(dim=1)
+    return _cross(b - a, c - a)
+
+
 def _screen_barycentrics(corners: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
     """Corners [N, 3, 2] and points [N, 2] -> screen-space barycentrics [N, 3] (either winding)."""
     a, b, c = corners.unbind(dim=1)
-
-    def cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
-
-    area = cross(b - a, c - a)
-    weights = torch.stack([cross(b - pixel, c - pixel), cross(c - pixel, a - pixel), cross(a - pixel, b - pixel)], dim=-1)
-    return weights / area[:, None]
+    weights = torch.stack([_cross(b - pixel, c - pixel), _cross(c - pixel, a - pixel), _cross(a - pixel, b - pixel)], dim=-1)
+    return weights / _screen_area(corners)[:, None]
 
 
 def rasterize(clip: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> Raster:
@@ -112,17 +118,34 @@ def interpolate(attributes: torch.Tensor, raster: Raster, faces: torch.Tensor) -
     return values * covered[..., None]
 
 
-def _edge_crossing(corners: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _edge_crossing(corners: torch.Tensor, start: torch.Tensor, end: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the segment from ``start`` (inside the triangle) to ``end`` [N, 2] leaves the triangle of
-    ``corners`` [N, 3, 2]: the fraction [N] of the way, in (0, 1] when ``end`` is outside, and the
-    direction [N, 2] of the edge it leaves through."""
+    ``corners`` [N, 3, 2]: the fraction [N] of the way, in (0, 1] when ``end`` is outside, the direction
+    [N, 2] of the edge it leaves through, and that edge as the corner [N] opposite it."""
     at_start, at_end = _screen_barycentrics(corners, start), _screen_barycentrics(corners, end)
     leaving = at_end < 0
     fraction = at_start / (at_start - at_end).where(leaving, torch.ones_like(at_end))
     fraction, opposite = fraction.where(leaving, torch.full_like(fraction, 2.0)).min(dim=1)
     rows = torch.arange(len(corners), device=corners.device)
     direction = corners[rows, (opposite + 2) % 3] - corners[rows, (opposite + 1) % 3]
-    return fraction.clamp(0.0, 1.0), direction
+    return fraction.clamp(0.0, 1.0), direction, opposite
+
+
+def _neighbours(faces: torch.Tensor) -> torch.Tensor:
+    """[F, 3]: the triangle across each triangle's edge opposite its corner k (corners k + 1 and k + 2), -1 where
+    none (an open edge) or where more than two triangles share the edge."""
+    corners = torch.arange(3, device=faces.device)
+    ends = torch.stack([faces[:, (corners + 1) % 3], faces[:, (corners + 2) % 3]], dim=-1).sort(dim=-1).values
+    vertex_count = int(faces.max()) + 1 if len(faces) else 1
+    key = (ends[..., 0] * vertex_count + ends[..., 1]).view(-1)  # one integer per edge slot [3F]
+    order = torch.argsort(key, stable=True)
+    _, counts = torch.unique_consecutive(key[order], return_counts=True)
+    starts = (torch.cumsum(counts, 0) - counts)[counts == 2]  # runs of exactly two slots: a shared edge
+    first, second = order[starts], order[starts + 1]
+    neighbours = torch.full((len(key),), -1, dtype=torch.long, device=faces.device)
+    neighbours[first], neighbours[second] = second // 3, first // 3
+    return neighbours.view(-1, 3)
 
 
 def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -130,9 +153,11 @@ def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: t
     positions. For each pair of horizontal or vertical neighbours showing different surfaces, the front
     one's triangle ends at a fraction a of the way to the other's centre: past the middle (a > 1/2) it
     covers a - 1/2 of the other pixel, whose colour moves that far toward the front pixel's; short of it,
-    the front pixel itself is uncovered by 1/2 - a and moves toward the other's. An edge is blended
-    across the pairs of the axis it is more nearly perpendicular to (horizontal pairs for steep edges,
-    vertical ones for flat edges), so that no pixel's coverage is counted twice."""
+    the front pixel itself is uncovered by 1/2 - a and moves toward the other's. Only silhouette edges
+    count, as in nvdiffrast (the triangle across them is missing or faces the other way on screen): where
+    the segment leaves the front triangle through an edge inside the surface, the pixels are left alone.
+    An edge is blended across the pairs of the axis it is more nearly perpendicular to (horizontal pairs
+    for steep edges, vertical ones for flat edges), so that no pixel's coverage is counted twice."""
     height, width, channels = colour.shape
     screen = _screen(clip, height, width)
     rows, columns = torch.meshgrid(torch.arange(height, device=colour.device), torch.arange(width, device=colour.device),
@@ -141,13 +166,17 @@ def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: t
     flat_colour, triangle, depth = colour.reshape(-1, channels), raster.triangle.view(-1), raster.depth.view(-1)
     index = torch.arange(height * width, device=colour.device).view(height, width)
     change = torch.zeros_like(flat_colour)
+    facing = torch.sign(_screen_area(screen.detach()[faces]))  # [F]: which way each triangle winds on screen
+    neighbours = _neighbours(faces)
     for across, (first, second) in enumerate(((index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :]))):
         for front, back in ((first.reshape(-1), second.reshape(-1)), (second.reshape(-1), first.reshape(-1))):
             edge = (triangle[front] != triangle[back]) & (triangle[front] >= 0) & (depth[front] < depth[back])
             front, back = front[edge], back[edge]
-            crossing, direction = _edge_crossing(screen[faces[triangle[front]]], centres[front], centres[back])
+            crossing, direction, exit_corner = _edge_crossing(screen[faces[triangle[front]]], centres[front], centres[back])
             along, other = direction.detach().abs().unbind(dim=-1)  # x and y extents of the edge
-            mine = (other >= along) if across == 0 else (along > other)
+            beyond = neighbours[triangle[front], exit_corner]
+            silhouette = (beyond < 0) | (facing[beyond.clamp_min(0)] != facing[triangle[front]])
+            mine = silhouette & ((other >= along) if across == 0 else (along > other))
             front, back, crossing = front[mine], back[mine], crossing[mine][:, None]
             towards_front = (crossing - 0.5).clamp_min(0) * (flat_colour[front] - flat_colour[back])
             towards_back = (0.5 - crossing).clamp_min(0) * (flat_colour[back] - flat_colour[front])

@@ -140,3 +140,21 @@ def test_clip_positions_follow_the_projects_cameras():
     ndc = clip[:, :3] / clip[:, 3:]
     assert torch.allclose(ndc[0, :2], torch.zeros(2), atol=1e-6) and ndc[1, 1] == pytest.approx(1.0, abs=1e-5)
     assert torch.allclose(clip[:, 3], torch.tensor([2.0, 2.0]), atol=1e-5)  # w: the distance along the view axis
+
+
+def test_edges_inside_a_surface_are_not_blended():
+    corners = torch.tensor([[-0.61, -0.57], [0.63, -0.59], [0.6, 0.62], [-0.58, 0.6]], dtype=torch.float64)
+    clip = torch.cat([corners, torch.zeros(4, 1, dtype=torch.float64), torch.ones(4, 1, dtype=torch.float64)], dim=1)
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])  # a quad cut along its diagonal, both wound the same way
+    raster = rasterize(clip, faces, 16, 16)
+    white = antialias(interpolate(torch.ones(4, 1, dtype=torch.float64), raster, faces), raster, clip, faces)[..., 0]
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:12, 4:12] = True  # pixels over half a pixel inside the quad, along the diagonal too
+    assert torch.allclose(white[inside], torch.ones((), dtype=torch.float64), atol=1e-12)
+
+
+def test_an_empty_mesh_renders_nothing():
+    clip, faces = torch.zeros(0, 4), torch.zeros(0, 3, dtype=torch.long)
+    raster = rasterize(clip, faces, 4, 4)
+    assert (raster.triangle == -1).all()
+    assert torch.equal(antialias(torch.ones(4, 4, 3), raster, clip, faces), torch.ones(4, 4, 3))

@@ -37,6 +37,7 @@ from threed.cameras import CameraSpec, TurntableSpec
 from threed.errors import ConfigError
 from threed.export import ExportSpec
 from threed.files import write_text
+from threed.mesh_representation import MeshStageSpec
 from threed.regularizers import RegularizerSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,10 @@ class Config:
     name: str = ""  # the run folder's parent (a plain folder name); the config file's name when empty
     seed: int = field(default=0, metadata={"range": (0, 2**63 - 1)})
     outputs: str = "outputs"
-    geometry: FieldSpec = field(default_factory=FieldSpec)
+    # What is trained: the hash-grid NeRF, or a DMTet mesh (a stage after a NeRF run: mesh.start_from).
+    representation: str = field(default="nerf", metadata={"choices": ("nerf", "dmtet")})
+    geometry: FieldSpec = field(default_factory=FieldSpec)  # the NeRF's field; a mesh stage's colour field
+    mesh: MeshStageSpec = field(default_factory=MeshStageSpec)
     render: RenderSpec = field(default_factory=RenderSpec)
     background: BackgroundSpec = field(default_factory=BackgroundSpec)
     regularizers: RegularizerSpec = field(default_factory=RegularizerSpec)
@@ -236,6 +240,9 @@ def validate(config: Config) -> None:
     if not config.outputs.strip() or ".." in Path(config.outputs).parts:
         raise ConfigError(f"outputs = {config.outputs!r} is not a usable folder: give a folder without '..', "
                           f"e.g. --outputs outputs")
+    if config.representation == "dmtet" and not config.mesh.start_from.strip():
+        raise ConfigError("representation=dmtet starts from a finished NeRF run: set mesh.start_from=RUN_DIR "
+                          "(a folder under outputs/ with a checkpoint)")
     unknown = sorted(set(config.export.formats) - set(EXPORT_FORMATS))
     if unknown:
         raise ConfigError(f"export.formats has unknown formats {unknown}; use any of {list(EXPORT_FORMATS)}")

@@ -13,16 +13,16 @@ from typing import Callable
 import torch
 
 from guidance.teacher import DiffusionTeacher
-from threed.checkpoint import latest_checkpoint, load_latest_checkpoint
+from threed.checkpoint import latest_checkpoint
 from threed.config import Config, flat_config, load_config, save_config
 from threed.device import default_device
-from threed.errors import ConfigError, RunDirError
+from threed.errors import ConfigError
 from threed.evaluation import evaluator_for
 from threed.export import save_mesh
 from threed.files import write_json
 from threed.representation import Representation
 from threed.run_folder import RunPaths, create_run_folder, existing_run_folder
-from threed.trainer import Trainer, build_representation, make_ema, with_averaged_parameters
+from threed.trainer import Trainer, build_representation, trained_representation
 from threed.video import save_turntable_video
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,7 @@ class Run:
     def trained_representation(self) -> Representation:
         """The representation of the run's latest checkpoint (no teacher is loaded), with the moving average of
         its parameters where ``trainer.ema_decay`` asks for one, as the run's own outputs show it."""
-        found = load_latest_checkpoint(self.paths.checkpoints, self.device)
-        if found is None:
-            raise RunDirError(f"{self.paths.root} has no checkpoint yet; train it first (--resume {self.paths.root})")
-        _, state = found
-        representation = build_representation(self.config).to(self.device)
-        representation.load_state_dict(state["representation"])
-        ema = make_ema(representation, self.config.trainer)
-        if ema and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        return with_averaged_parameters(representation, ema).eval()
+        return trained_representation(self.config, self.paths, self.device)
 
     def discard_if_unstarted(self) -> None:
         """Removes the run folder if no checkpoint was ever written to it: a start that failed leaves nothing behind."""
@@ -141,4 +132,4 @@ class Run:
         the shape gain measures the final mesh against. The global random state is left as it was."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            return build_representation(self.config).to(self.device).eval()
+            return build_representation(self.config, self.device).eval()

@@ -24,20 +24,46 @@ from guidance.sample_bank import SampleBankSpec, bank_key, draw_sample_bank
 from guidance.teacher import DiffusionTeacher
 from threed.cameras import CameraBatch, sample_cameras
 from threed.checkpoint import checkpoint_path, latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
-from threed.config import Config, TrainerSpec
-from threed.errors import NonFiniteLossError
+from threed.config import Config, TrainerSpec, load_config
+from threed.errors import ConfigError, NonFiniteLossError, RunDirError
 from threed.files import save_torch, write_text
+from threed.mesh_representation import MeshRepresentation
 from threed.nerf_representation import NeRFRepresentation
 from threed.representation import RenderedViews, Representation
-from threed.run_folder import RunPaths
+from threed.run_folder import RunPaths, existing_run_folder
 from threed.video import save_validation_strip
 
 log = logging.getLogger(__name__)
 
 
-def build_representation(config: Config) -> Representation:
-    """The representation a config trains: the hash-grid NeRF (the one place that chooses it)."""
-    return NeRFRepresentation(config.geometry, config.background, config.render, config.regularizers, config.optim)
+def build_representation(config: Config, device: torch.device | str = "cpu") -> Representation:
+    """The representation a config trains, as its training starts (the one place that chooses it): the
+    hash-grid NeRF, or a DMTet mesh started from the finished NeRF run ``mesh.start_from``."""
+    if config.representation == "nerf":
+        return NeRFRepresentation(config.geometry, config.background, config.render, config.regularizers,
+                                  config.optim).to(device)
+    source_paths = existing_run_folder(config.mesh.start_from)
+    source = trained_representation(load_config(source_paths.config), source_paths, device)
+    if not isinstance(source, NeRFRepresentation):
+        raise ConfigError(f"mesh.start_from={config.mesh.start_from} is not a NeRF run: a mesh stage starts from one")
+    mesh = MeshRepresentation(config.mesh, config.geometry, config.background.color).to(device)
+    mesh.initialize_from(source.field, config.export.threshold)
+    return mesh
+
+
+def trained_representation(config: Config, paths: RunPaths, device: torch.device | str) -> Representation:
+    """The representation of a run's latest checkpoint, with the moving average of its parameters where
+    ``trainer.ema_decay`` asks for one, as the run's own outputs show it."""
+    found = load_latest_checkpoint(paths.checkpoints, device)
+    if found is None:
+        raise RunDirError(f"{paths.root} has no checkpoint yet; train it first (--resume {paths.root})")
+    _, state = found
+    representation = build_representation(config, device)
+    representation.load_state_dict(state["representation"])
+    ema = make_ema(representation, config.trainer)
+    if ema and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    return with_averaged_parameters(representation, ema).eval()
 
 
 def scale_learning_rates(optimizer: torch.optim.Optimizer, base_lrs: list[float], scale: float) -> None:
@@ -113,7 +139,7 @@ class Trainer:
         self.config, self.paths, self.device = config, paths, device
         torch.manual_seed(config.seed)
         torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
-        self.representation = build_representation(config).to(device)
+        self.representation = build_representation(config, device)
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
                                           config.teacher.guidance_scale, config.views, cached_sample_bank).to(device)
         groups = self.representation.parameter_groups()
