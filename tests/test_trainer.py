@@ -171,7 +171,7 @@ def test_the_trainer_and_the_run_know_only_the_representation_interface(fast_ove
     from threed.run import Run
 
     for module in (trainer_module, run_module):
-        monkeypatch.setattr(module, "build_representation", lambda config: FlatColour())
+        monkeypatch.setattr(module, "build_representation", lambda config, device="cpu": FlatColour().to(device))
     config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=vsd", "trainer.max_steps=2",
                                                "export.formats=[ply]"])
     run, teacher = Run.start(config)
