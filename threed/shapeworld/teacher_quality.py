@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import imageio.v3 as imageio
 import torch
@@ -402,31 +403,38 @@ def _colour_command(arguments: argparse.Namespace) -> None:
                                         arguments.seed)))
 
 
-def _drift_command(arguments: argparse.Namespace) -> None:
-    try:  # before loading the teacher, so a typo fails at once
-        parse_prompt(arguments.prompt)
-        scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
-        timesteps = [int(t) for t in arguments.timesteps.split(",")]
+def _scales_and_timesteps(arguments: argparse.Namespace, check_first: Callable[[], None]) -> tuple[list[float], list[int]]:
+    """--guidance-scales and --timesteps, parsed after ``check_first`` (the command's own checks) and before
+    the teacher loads, so that a typo fails at once."""
+    try:
+        check_first()
+        return ([float(scale) for scale in arguments.guidance_scales.split(",")],
+                [int(t) for t in arguments.timesteps.split(",")])
     except ValueError as error:
-        raise SystemExit(f"error: {error} (--prompt is 'a COLOUR SHAPE', --guidance-scales e.g. 1,2, "
-                         f"--timesteps e.g. 100,500,900)") from None
+        raise SystemExit(f"error: {error} (--guidance-scales e.g. 1,2,7.5, --timesteps e.g. 100,500,900)") from None
+
+
+def _teacher_for(arguments: argparse.Namespace, timesteps: list[int]) -> DiffusionTeacher:
     teacher = load_teacher(arguments.teacher)
     if not all(0 <= t < teacher.num_train_timesteps for t in timesteps):
         raise SystemExit(f"error: --timesteps must lie in [0, {teacher.num_train_timesteps}), got {timesteps}")
+    return teacher
+
+
+def _drift_command(arguments: argparse.Namespace) -> None:
+    scales, timesteps = _scales_and_timesteps(arguments, lambda: parse_prompt(arguments.prompt))
+    teacher = _teacher_for(arguments, timesteps)
     print(json.dumps(colour_drift_report(teacher, arguments.prompt, scales, timesteps, arguments.n_images, arguments.seed)))
 
 
+def _check_start_shape(shape: str) -> None:
+    if shape not in SHAPES:
+        raise ValueError(f"--from must be one of {list(SHAPES)}, got {shape!r}")
+
+
 def _pull_command(arguments: argparse.Namespace) -> None:
-    try:  # before loading the teacher, so a typo fails at once
-        if arguments.start_shape not in SHAPES:
-            raise ValueError(f"--from must be one of {list(SHAPES)}, got {arguments.start_shape!r}")
-        scales = [float(scale) for scale in arguments.guidance_scales.split(",")]
-        timesteps = [int(t) for t in arguments.timesteps.split(",")]
-    except ValueError as error:
-        raise SystemExit(f"error: {error} (--guidance-scales e.g. 1,2,7.5, --timesteps e.g. 200,500,800)") from None
-    teacher = load_teacher(arguments.teacher)
-    if not all(0 <= t < teacher.num_train_timesteps for t in timesteps):
-        raise SystemExit(f"error: --timesteps must lie in [0, {teacher.num_train_timesteps}), got {timesteps}")
+    scales, timesteps = _scales_and_timesteps(arguments, lambda: _check_start_shape(arguments.start_shape))
+    teacher = _teacher_for(arguments, timesteps)
     print(json.dumps(shape_pull_report(teacher, load_classifier(arguments.classifier), arguments.start_shape, scales,
                                        timesteps, arguments.n_images, arguments.seed)))
 
