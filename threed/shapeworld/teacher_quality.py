@@ -443,6 +443,16 @@ def _size_command(arguments: argparse.Namespace) -> None:
     print(json.dumps(size_report(load_teacher(arguments.teacher), arguments.per_prompt, arguments.steps, arguments.seed)))
 
 
+def add_x0_prediction_arguments(command: argparse.ArgumentParser, scales: str, timesteps: str, n_images: int,
+                                n_images_help: str) -> None:
+    """The teacher folder and the arguments of the commands that read its x0-predictions of noised renders."""
+    command.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
+    command.add_argument("--guidance-scales", default=scales, help="comma-separated")
+    command.add_argument("--timesteps", default=timesteps, help="comma-separated, of the teacher's schedule")
+    command.add_argument("--n-images", type=int, default=n_images, help=n_images_help)
+    command.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m threed.shapeworld.teacher_quality", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -479,22 +489,14 @@ def main(argv: list[str] | None = None) -> None:
     colour.set_defaults(run=_colour_command)
     drift = commands.add_parser("drift", help="the colour of the teacher's x0-prediction from noised true renders, "
                                               "by guidance scale and timestep (JSON)")
-    drift.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
     drift.add_argument("--prompt", required=True, help='a ShapeWorld prompt, e.g. "a red vase"')
-    drift.add_argument("--guidance-scales", default="1,2", help="comma-separated")
-    drift.add_argument("--timesteps", default="100,200,350,500,700,900", help="comma-separated, of the teacher's schedule")
-    drift.add_argument("--n-images", type=int, default=16, help="renders (random data-set views)")
-    drift.add_argument("--seed", type=int, default=0)
+    add_x0_prediction_arguments(drift, "1,2", "100,200,350,500,700,900", 16, "renders (random data-set views)")
     drift.set_defaults(run=_drift_command)
     pull = commands.add_parser("pull", help="how often the teacher's x0-prediction from noised renders of one shape, "
                                             "prompted with another, is classified as the prompt's (JSON)")
-    pull.add_argument("teacher", help="pipeline folder of a ShapeWorld teacher")
     pull.add_argument("--from", dest="start_shape", default="sphere", help="the shape rendered (default: the ball)")
     pull.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
-    pull.add_argument("--guidance-scales", default="1,2,5,7.5", help="comma-separated")
-    pull.add_argument("--timesteps", default="200,400,600,800,950", help="comma-separated, of the teacher's schedule")
-    pull.add_argument("--n-images", type=int, default=8, help="renders (random data-set views) per target shape")
-    pull.add_argument("--seed", type=int, default=0)
+    add_x0_prediction_arguments(pull, "1,2,5,7.5", "200,400,600,800,950", 8, "renders (random data-set views) per target shape")
     pull.set_defaults(run=_pull_command)
     size = commands.add_parser("size", help="how big the teacher draws objects over all prompts, and the ball of that "
                                             "size (JSON)")
