@@ -94,3 +94,11 @@ def test_renders_are_upright_and_cover_the_surface():
     assert stage.geometry.sdf.grad.abs().sum() > 0
     grouped = {id(p) for group in stage.parameter_groups() for p in group["params"]}
     assert grouped == {id(p) for p in stage.parameters()}
+
+
+def test_an_empty_surface_is_a_clear_error():
+    from threed.export import EmptyMeshError, ExportSpec
+
+    stage = MeshRepresentation(MeshStageSpec(grid=DMTetSpec(resolution=32)), FieldSpec(hidden_dim=16), [1.0, 1.0, 1.0])
+    with pytest.raises(EmptyMeshError, match="DMTet surface is empty"):
+        stage.extract_mesh(ExportSpec())  # a fresh grid: every signed distance 0, no vertex inside

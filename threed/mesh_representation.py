@@ -20,7 +20,7 @@ from mesh.dmtet import DMTetGeometry, DMTetSpec, laplacian_smoothness, normal_co
 from mesh.rasterize import antialias, clip_positions, interpolate, rasterize
 from nerf.field import FieldSpec, RadianceField
 from threed.cameras import CameraBatch
-from threed.export import ExportSpec, without_small_components
+from threed.export import EmptyMeshError, ExportSpec, without_small_components
 from threed.representation import RenderedViews, Representation
 
 LEARNING_RATE = (0.0, 1.0)
@@ -99,7 +99,10 @@ class MeshRepresentation(Representation):
     def extract_mesh(self, spec: ExportSpec) -> trimesh.Trimesh:
         """The marching-tetrahedra surface itself, with the colour field's albedo as vertex colours."""
         points, faces = self.geometry.surface()
-        albedo = self.colour(points)[1] if len(points) else points
+        if len(faces) == 0:
+            raise EmptyMeshError("the DMTet surface is empty: every grid vertex is on one side. Start the stage from a "
+                                 "run whose mesh exported, or lower the stage's learning rates (mesh.lr_sdf)")
+        albedo = self.colour(points)[1]
         colours = (albedo.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         mesh = trimesh.Trimesh(points.cpu().numpy(), faces.cpu().numpy(), vertex_colors=colours, process=False)
         return without_small_components(mesh, spec.min_component_fraction) if spec.min_component_fraction > 0 else mesh
