@@ -66,10 +66,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
     shorthands = {"prompt": args.prompt, "seed": args.seed, "outputs": args.outputs}
-    if args.from_run:
+    if args.from_run:  # a mesh stage: the NeRF run's folder and, unless given, its prompt
         source = existing_run_folder(args.from_run)
-        shorthands = {"mesh.start_from": str(source.root), "prompt": args.prompt or load_config(source.config).prompt,
-                      "seed": args.seed, "outputs": args.outputs}
+        shorthands |= {"mesh.start_from": str(source.root), "prompt": args.prompt or load_config(source.config).prompt}
     return [override(key, value) for key, value in shorthands.items() if value is not None] + args.overrides
 
 

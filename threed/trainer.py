@@ -43,10 +43,12 @@ def build_representation(config: Config, device: torch.device | str = "cpu") -> 
         return NeRFRepresentation(config.geometry, config.background, config.render, config.regularizers,
                                   config.optim).to(device)
     source_paths = existing_run_folder(config.mesh.start_from)
-    source = trained_representation(load_config(source_paths.config), source_paths, device)
+    source_config = load_config(source_paths.config)
+    source = trained_representation(source_config, source_paths, device)
     if not isinstance(source, NeRFRepresentation):
         raise ConfigError(f"mesh.start_from={config.mesh.start_from} is not a NeRF run: a mesh stage starts from one")
-    mesh = MeshRepresentation(config.mesh, config.geometry, config.background.color).to(device)
+    # The colour field is the NeRF's, so it takes the NeRF run's field settings, whatever the stage's say.
+    mesh = MeshRepresentation(config.mesh, source_config.geometry, config.background.color).to(device)
     mesh.initialize_from(source.field, config.export.threshold)
     return mesh
 
