@@ -85,7 +85,7 @@ class Config:
     outputs: str = "outputs"
     # What is trained: the hash-grid NeRF, or a DMTet mesh (a stage after a NeRF run: mesh.start_from).
     representation: str = field(default="nerf", metadata={"choices": ("nerf", "dmtet")})
-    geometry: FieldSpec = field(default_factory=FieldSpec)  # the NeRF's field; a mesh stage's colour field
+    geometry: FieldSpec = field(default_factory=FieldSpec)  # the NeRF's field (a mesh stage colours with its source's)
     mesh: MeshStageSpec = field(default_factory=MeshStageSpec)
     render: RenderSpec = field(default_factory=RenderSpec)
     background: BackgroundSpec = field(default_factory=BackgroundSpec)
