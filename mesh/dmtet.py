@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mesh.rasterize import face_neighbours
 from mesh.tetrahedra import marching_tetrahedra, tetrahedral_grid
 
 
@@ -69,14 +70,11 @@ def face_normals(points: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def shared_edges(faces: torch.Tensor) -> torch.Tensor:
-    """[E, 2] pairs of triangles that share an edge (a closed mesh: every edge exactly twice)."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
-    owner = torch.arange(len(faces), device=faces.device).repeat(3)
-    _, edge_id, counts = torch.unique(edges, dim=0, return_inverse=True, return_counts=True)
-    order = torch.argsort(edge_id, stable=True)
-    paired = counts[edge_id[order]] == 2
-    owners = owner[order][paired].view(-1, 2)
-    return owners
+    """[E, 2] pairs of triangles that share an edge, each pair once."""
+    neighbours = face_neighbours(faces)  # [F, 3]
+    owner = torch.arange(len(faces), device=faces.device)[:, None].expand_as(neighbours)
+    once = neighbours > owner
+    return torch.stack([owner[once], neighbours[once]], dim=-1)
 
 
 def normal_consistency(points: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

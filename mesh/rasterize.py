@@ -132,7 +132,7 @@ def _edge_crossing(corners: torch.Tensor, start: torch.Tensor, end: torch.Tensor
     return fraction.clamp(0.0, 1.0), direction, opposite
 
 
-def _neighbours(faces: torch.Tensor) -> torch.Tensor:
+def face_neighbours(faces: torch.Tensor) -> torch.Tensor:
     """[F, 3]: the triangle across each triangle's edge opposite its corner k (corners k + 1 and k + 2), -1 where
     none (an open edge) or where more than two triangles share the edge."""
     corners = torch.arange(3, device=faces.device)
@@ -167,7 +167,7 @@ def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: t
     index = torch.arange(height * width, device=colour.device).view(height, width)
     change = torch.zeros_like(flat_colour)
     facing = torch.sign(_screen_area(screen.detach()[faces]))  # [F]: which way each triangle winds on screen
-    neighbours = _neighbours(faces)
+    neighbours = face_neighbours(faces)
     for across, (first, second) in enumerate(((index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :]))):
         for front, back in ((first.reshape(-1), second.reshape(-1)), (second.reshape(-1), first.reshape(-1))):
             edge = (triangle[front] != triangle[back]) & (triangle[front] >= 0) & (depth[front] < depth[back])
