@@ -39,8 +39,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML config (for --train)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, help="mesh format for --export (default: all of export.formats)")
     parser.add_argument("--from", dest="from_run", metavar="RUN_DIR",
-                        help="for a mesh stage's --train: start from this finished NeRF run (mesh.start_from=RUN_DIR; "
+                        help="for a mesh stage's --train: start from this finished run (mesh.start_from=RUN_DIR; "
                              "its prompt unless --prompt is given)")
+    parser.add_argument("--then", action="append", default=[], metavar="CONFIG",
+                        help="for --train: then train this mesh stage from the run just finished (repeatable, in "
+                             "order, e.g. --then configs/shapeworld-geometry.yaml --then configs/shapeworld-texture.yaml); "
+                             "the overrides apply to every stage")
     parser.add_argument("--prompt", help="shorthand for prompt=TEXT")
     parser.add_argument("--seed", type=int, help="shorthand for seed=N")
     parser.add_argument("--outputs", help="shorthand for outputs=DIR (default: outputs)")
@@ -57,8 +61,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.train or args.compare or args.batch) and not args.config:
         parser.error("--train, --compare and --batch need --config FILE (e.g. configs/tiny.yaml)")
-    if args.from_run and not args.train:
-        parser.error("--from RUN_DIR starts a mesh stage: use it with --train --config (e.g. configs/shapeworld-geometry.yaml)")
+    if (args.from_run or args.then) and not args.train:
+        parser.error("--from and --then chain mesh stages: use them with --train --config "
+                     "(e.g. --config configs/shapeworld-geometry.yaml --from RUN_DIR)")
     if args.workers < 1 or args.cpus_per_run < 1 or args.gpus_per_run < 0:
         parser.error("--workers and --cpus-per-run must be at least 1, --gpus-per-run at least 0")
     return args
@@ -88,18 +93,12 @@ def execute(args: argparse.Namespace) -> None:
         log.info("batch: %s (summary.md, summary.csv)", root)
         return
     if args.train:
-        run, teacher = Run.start(load_config(args.config, overrides_from(args)))
-    else:
-        run = Run.open(args.resume or args.test or args.export, overrides_from(args))
-        teacher = run.load_teacher() if args.resume else None
+        train_stages(args)
+        return
+    run = Run.open(args.resume or args.test or args.export, overrides_from(args))
     log.info("run folder: %s (device: %s)", run.paths.root, run.device)
-    if teacher is not None:
-        try:
-            run.train(teacher, resume=bool(args.resume))
-        except BaseException:
-            if args.train:  # a new run that failed before its first checkpoint leaves no folder behind
-                run.discard_if_unstarted()
-            raise
+    if args.resume:
+        run.train(run.load_teacher(), resume=True)
     else:
         representation = run.trained_representation()
         if args.test:
@@ -107,6 +106,22 @@ def execute(args: argparse.Namespace) -> None:
         if args.export:
             run.write_meshes(representation, [args.format] if args.format else run.config.export.formats)
     log.info("done: %s", run.paths.root)
+
+
+def train_stages(args: argparse.Namespace) -> None:
+    """--train: a new run of --config, then one of each --then stage, started from the run before it."""
+    source = None
+    for config_file in [args.config, *args.then]:
+        carried = [override("mesh.start_from", str(source.paths.root)), override("prompt", source.config.prompt)] if source else []
+        run, teacher = Run.start(load_config(config_file, overrides_from(args) + carried))
+        log.info("run folder: %s (device: %s)", run.paths.root, run.device)
+        try:
+            run.train(teacher)
+        except BaseException:
+            run.discard_if_unstarted()  # a new run that failed before its first checkpoint leaves no folder behind
+            raise
+        log.info("done: %s", run.paths.root)
+        source = run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from tests.conftest import overrides_for_fast_runs
 from threed.checkpoint import list_checkpoints, load_checkpoint
 from threed.config import load_config
 from threed.export import load_mesh
+from threed.mesh_metrics import base_color
 from threed.run import Run
 
 
@@ -52,16 +53,20 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
     for file_format in ("obj", "glb", "ply"):
         mesh = load_mesh(run / "mesh" / f"model.{file_format}")
         assert len(mesh.vertices) > 100 and len(mesh.faces) > 100
-        colors = np.asarray(mesh.visual.vertex_colors)
-        assert colors.shape == (len(mesh.vertices), 4)
-        assert colors[:, :3].std() > 0  # the field's albedo, not trimesh's default grey
+        if file_format == "ply":  # vertex colours; the OBJ and GLB carry a texture
+            colors = np.asarray(mesh.visual.vertex_colors)[:, :3]
+        else:
+            colors = base_color(mesh.visual.material, mesh.visual.uv)  # the texture at the vertices
+        assert colors.std() > 0  # the field's albedo, not trimesh's default grey
     score = json.loads((run / "mesh" / "shapeworld_score.json").read_text())  # a canon prompt: scored at once
     assert (score["shape"], score["colour"]) == ("vase", "red")
     from threed.shapeworld.evaluator import evaluate_mesh  # the evaluator's numbers for the mesh it wrote
 
-    again = evaluate_mesh(load_mesh(run / "mesh" / "model.ply"), "a red vase")
-    assert {key: score[key] for key in ("chamfer", "iou", "color_error")} == pytest.approx(
-        {key: again[key] for key in ("chamfer", "iou", "color_error")}, rel=1e-3)
+    keys = ("chamfer", "iou", "color_error")
+    from_glb = evaluate_mesh(load_mesh(run / "mesh" / "model.glb"), "a red vase")  # read as a viewer reads it
+    assert {key: score[key] for key in keys} == pytest.approx({key: from_glb[key] for key in keys}, rel=1e-9)
+    from_ply = evaluate_mesh(load_mesh(run / "mesh" / "model.ply"), "a red vase")  # the same surface, vertex colours
+    assert {key: score[key] for key in keys} == pytest.approx({key: from_ply[key] for key in keys}, rel=1e-3, abs=0.005)
     # The shape gain: against the mesh of the run's initial representation (step 0, the same export).
     initial = Run.open(run).initial_representation().extract_mesh(config.export)
     assert score["initial"]["chamfer"] == pytest.approx(evaluate_mesh(initial, "a red vase")["chamfer"], rel=1e-9)

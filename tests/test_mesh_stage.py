@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import launch
-from mesh.dmtet import DMTetSpec
+from mesh.dmtet import DMTetGeometry, DMTetSpec
 from nerf.field import FieldSpec, RadianceField
 from tests.conftest import SHAPEWORLD_TEACHER, overrides_for_fast_runs
 from threed.cameras import make_cameras
@@ -21,23 +21,22 @@ from threed.shapeworld.evaluator import evaluate_mesh
 
 @pytest.fixture(scope="module")
 def stage_runs(tmp_path_factory):
-    """A NeRF run of two steps, then a mesh stage of four started from it (checkpoints every two steps)."""
+    """The three stages in one command: a NeRF run, then a geometry stage started from it, then a texture stage
+    started from that (four steps each, checkpoints every two)."""
     folder = tmp_path_factory.mktemp("stage")
     overrides = overrides_for_fast_runs(SHAPEWORLD_TEACHER, folder)
-    assert launch.main(["--config", "configs/shapeworld.yaml", "--train", "--prompt", "a green cube", *overrides,
-                        "trainer.max_steps=2", "export.formats=[ply]"]) == 0
-    nerf_run = next((folder / "outputs").glob("shapeworld/*"))
-    stage = ["mesh.grid.resolution=32", "export.formats=[glb]", "trainer.max_steps=4", "trainer.checkpoint_every=2",
-             "guidance.switch.step=2"]  # VSD, then Uni-Instruct forward KL
-    assert launch.main(["--config", "configs/shapeworld-geometry.yaml", "--train", "--from", str(nerf_run),
-                        *overrides, *stage]) == 0
-    return nerf_run, next((folder / "outputs").glob("shapeworld-geometry/*"))
+    stage = ["mesh.grid.resolution=32", "export.formats=[glb,ply]", "trainer.max_steps=4", "trainer.checkpoint_every=2",
+             "guidance.switch.step=2", "export.texture_size=128"]  # VSD, then Uni-Instruct forward KL
+    assert launch.main(["--config", "configs/shapeworld.yaml", "--train", "--prompt", "a green cube", *overrides, *stage,
+                        "--then", "configs/shapeworld-geometry.yaml", "--then", "configs/shapeworld-texture.yaml"]) == 0
+    return tuple(next((folder / "outputs").glob(f"{name}/*")) for name in ("shapeworld", "shapeworld-geometry", "shapeworld-texture"))
 
 
 def test_a_mesh_stage_starts_from_a_nerf_run_trains_and_exports(stage_runs):
-    nerf_run, mesh_run = stage_runs
-    mesh = load_mesh(mesh_run / "mesh" / "model.glb")
-    assert mesh.is_watertight and mesh.volume > 0 and np.asarray(mesh.visual.vertex_colors)[:, :3].std() >= 0
+    nerf_run, mesh_run, _ = stage_runs
+    mesh = load_mesh(mesh_run / "mesh" / "model.ply")
+    assert mesh.is_watertight and mesh.volume > 0 and mesh.visual.kind == "vertex"
+    assert load_mesh(mesh_run / "mesh" / "model.glb").visual.kind == "texture"
     score = json.loads((mesh_run / "mesh" / "shapeworld_score.json").read_text())
     assert (score["shape"], score["colour"]) == ("cube", "green")  # --from takes the NeRF run's prompt
     nerf_mesh = load_mesh(nerf_run / "mesh" / "model.ply")
@@ -46,8 +45,33 @@ def test_a_mesh_stage_starts_from_a_nerf_run_trains_and_exports(stage_runs):
     assert (mesh_run / "turntable.mp4").stat().st_size > 0 and list((mesh_run / "validation").glob("*.png"))
 
 
-def test_a_killed_mesh_stage_resumes_to_the_same_surface(stage_runs, tmp_path):
-    _, mesh_run = stage_runs
+def test_the_three_stages_run_on_a_stable_diffusion_shaped_teacher(tiny_teacher, tmp_path):
+    """configs/tiny.yaml's NeRF, then ProlificDreamer's geometry (SDS on normal maps) and texture (VSD) stages."""
+    fast = [*overrides_for_fast_runs(tiny_teacher, tmp_path), "trainer.max_steps=2", "mesh.grid.resolution=32",
+            "mesh.grid.half_size=1.0", "camera.height=16", "camera.width=16", "export.formats=[glb]", "export.texture_size=64"]
+    assert launch.main(["--config", "configs/tiny.yaml", "--train", *fast, "--then", "configs/prolificdreamer-geometry.yaml",
+                        "--then", "configs/prolificdreamer-texture.yaml"]) == 0
+    texture_run = next((tmp_path / "outputs").glob("prolificdreamer-texture/*"))
+    mesh = load_mesh(texture_run / "mesh" / "model.glb")
+    assert mesh.visual.kind == "texture" and len(mesh.faces) > 100
+
+
+def test_the_texture_stage_keeps_the_geometry_stages_surface_and_trains_its_colour(stage_runs):
+    _, geometry_run, texture_run = stage_runs
+    assert load_config(texture_run / "config.yaml").mesh.start_from == str(geometry_run)
+    assert load_config(texture_run / "config.yaml").prompt == "a green cube"
+    surfaces = [load_mesh(run / "mesh" / "model.ply") for run in (geometry_run, texture_run)]
+    assert np.allclose(surfaces[0].vertices, surfaces[1].vertices) and np.array_equal(surfaces[0].faces, surfaces[1].faces)
+    first, last = (load_checkpoint(list_checkpoints(texture_run / "checkpoints")[i], torch.device("cpu"))["representation"]
+                   for i in (0, -1))
+    colour = [name for name in first if name.startswith("colour.")]
+    assert colour and any(not torch.equal(first[name], last[name]) for name in colour)
+    assert set(first) & {"geometry.sdf", "geometry.deformation"} == set()  # nothing of the surface is trained
+
+
+@pytest.mark.parametrize("stage", [1, 2], ids=["geometry", "texture"])
+def test_a_killed_mesh_stage_resumes_to_the_same_result(stage_runs, tmp_path, stage):
+    mesh_run = stage_runs[stage]
     stopped = tmp_path / "stopped"
     shutil.copytree(mesh_run, stopped)
     (stopped / "checkpoints" / "step0000004.pt").unlink()  # died after its step-2 checkpoint
@@ -77,8 +101,7 @@ class OffCentreBall(RadianceField):
 
 def test_renders_are_upright_and_cover_the_surface():
     field = OffCentreBall(FieldSpec(radius=0.6, hidden_dim=16))
-    stage = MeshRepresentation(MeshStageSpec(grid=DMTetSpec(resolution=32)), field.spec, [1.0, 1.0, 1.0])
-    stage.initialize_from(field, threshold=5.0)
+    stage = MeshRepresentation.from_density(MeshStageSpec(grid=DMTetSpec(resolution=32)), field, 5.0, [1.0, 1.0, 1.0])
     cameras = make_cameras(*(torch.tensor([v]) for v in (0.0, 30.0, 1.5, 50.0)), 32, 32)
     views = stage.render(cameras, torch.Generator())
     coverage = views.opacity[0]
@@ -96,9 +119,29 @@ def test_renders_are_upright_and_cover_the_surface():
     assert grouped == {id(p) for p in stage.parameters()}
 
 
+def test_normal_maps_face_the_camera_and_move_the_surface():
+    field = OffCentreBall(FieldSpec(radius=0.6, hidden_dim=16))
+    spec = MeshStageSpec(grid=DMTetSpec(resolution=32), shading="normal")
+    stage = MeshRepresentation.from_density(spec, field, 5.0, [1.0, 1.0, 1.0])
+    cameras = make_cameras(*(torch.tensor([v]) for v in (0.0, 30.0, 1.5, 50.0)), 32, 32)
+    views = stage.render(cameras, torch.Generator())
+    inside = views.opacity[0] == 1
+    normals = views.images[0][inside] * 2 - 1  # [N, 3] world normals of the covered pixels
+    towards_camera = cameras.c2w[0, :3, 3] / cameras.c2w[0, :3, 3].norm()
+    assert (normals @ towards_camera).mean() > 0.6  # a ball's visible side faces the camera on average
+    assert normals.norm(dim=-1).sub(1).abs().max() < 1e-4
+    views.images.sum().backward()
+    assert stage.geometry.sdf.grad.abs().sum() > 0  # through the normals alone
+    assert all(p.grad is None for p in stage.colour.parameters())
+
+
 def test_an_empty_surface_is_a_clear_error():
     from threed.export import EmptyMeshError, ExportSpec
 
-    stage = MeshRepresentation(MeshStageSpec(grid=DMTetSpec(resolution=32)), FieldSpec(hidden_dim=16), [1.0, 1.0, 1.0])
+    spec = MeshStageSpec(grid=DMTetSpec(resolution=32))
+    stage = MeshRepresentation(spec, DMTetGeometry(spec.grid), RadianceField(FieldSpec(hidden_dim=16)), [1.0, 1.0, 1.0])
     with pytest.raises(EmptyMeshError, match="DMTet surface is empty"):
         stage.extract_mesh(ExportSpec())  # a fresh grid: every signed distance 0, no vertex inside
+    field = OffCentreBall(FieldSpec(radius=0.6, hidden_dim=16))  # density at most 10
+    with pytest.raises(EmptyMeshError, match="does not cross 20"):
+        MeshRepresentation.from_density(spec, field, 20.0, [1.0, 1.0, 1.0])

@@ -83,8 +83,9 @@ class Config:
     name: str = ""  # the run folder's parent (a plain folder name); the config file's name when empty
     seed: int = field(default=0, metadata={"range": (0, 2**63 - 1)})
     outputs: str = "outputs"
-    # What is trained: the hash-grid NeRF, or a DMTet mesh (a stage after a NeRF run: mesh.start_from).
-    representation: str = field(default="nerf", metadata={"choices": ("nerf", "dmtet")})
+    # What is trained: the hash-grid NeRF, or a mesh stage after a finished run (mesh.start_from): DMTet's
+    # surface and its colour (dmtet), or the colour alone on a fixed surface (texture).
+    representation: str = field(default="nerf", metadata={"choices": ("nerf", "dmtet", "texture")})
     geometry: FieldSpec = field(default_factory=FieldSpec)  # the NeRF's field (a mesh stage colours with its source's)
     mesh: MeshStageSpec = field(default_factory=MeshStageSpec)
     render: RenderSpec = field(default_factory=RenderSpec)
@@ -240,9 +241,12 @@ def validate(config: Config) -> None:
     if not config.outputs.strip() or ".." in Path(config.outputs).parts:
         raise ConfigError(f"outputs = {config.outputs!r} is not a usable folder: give a folder without '..', "
                           f"e.g. --outputs outputs")
-    if config.representation == "dmtet" and not config.mesh.start_from.strip():
-        raise ConfigError("representation=dmtet starts from a finished NeRF run: set mesh.start_from=RUN_DIR "
-                          "(a folder under outputs/ with a checkpoint)")
+    if config.representation != "nerf" and not config.mesh.start_from.strip():
+        raise ConfigError(f"representation={config.representation} starts from a finished run: set mesh.start_from=RUN_DIR "
+                          "(a folder under outputs/ with a checkpoint), or pass --from RUN_DIR")
+    if config.representation != "nerf" and config.background.kind != "solid":
+        raise ConfigError(f"representation={config.representation} renders over a solid background, not "
+                          f"background.kind={config.background.kind}: set background.kind=solid (its colour: background.color)")
     unknown = sorted(set(config.export.formats) - set(EXPORT_FORMATS))
     if unknown:
         raise ConfigError(f"export.formats has unknown formats {unknown}; use any of {list(EXPORT_FORMATS)}")

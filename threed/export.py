@@ -1,16 +1,20 @@
-"""Mesh extraction (marching cubes on the density grid) and export with vertex colours, +Y up as glTF requires."""
+"""Mesh extraction (marching cubes on the density grid) and export, +Y up as glTF requires: GLB and OBJ (+ MTL
++ PNG) with the colour field baked into a UV texture (``mesh.texture``), PLY with vertex colours."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mcubes
 import numpy as np
 import torch
 import trimesh
+from PIL import Image
 from scipy import ndimage
 
+from mesh.texture import bake, unwrap
 from nerf.field import RadianceField
 from threed.errors import UserError
 from threed.files import atomic_path
@@ -30,6 +34,9 @@ class ExportSpec:
     fill_cavities: bool = True
     # Pieces with fewer faces than this fraction of the largest piece's (floaters) are left out.
     min_component_fraction: float = dataclasses.field(default=0.0, metadata={"range": (0.0, 1.0)})
+    # The GLB's and OBJ's texture: its side in texels, and the texels kept free around each UV chart.
+    texture_size: int = dataclasses.field(default=1024, metadata={"range": (16, 8192)})
+    texture_padding: int = dataclasses.field(default=4, metadata={"range": (0, 64)})
 
 
 @torch.no_grad()
@@ -90,10 +97,40 @@ def without_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trim
 WORLD_TO_FILE = trimesh.transformations.rotation_matrix(-np.pi / 2, [1.0, 0.0, 0.0])
 
 
+TEXTURED_FORMATS = frozenset({"glb", "obj"})  # written with a UV texture; PLY keeps vertex colours
+
+
+@torch.no_grad()
+def with_texture(mesh: trimesh.Trimesh, albedo: Callable[[torch.Tensor], torch.Tensor], spec: ExportSpec,
+                 device: torch.device | str = "cpu") -> trimesh.Trimesh:
+    """``mesh`` cut along xatlas' seams, with ``albedo`` (points [N, 3] on ``device`` -> RGB [N, 3]) baked into
+    a ``spec.texture_size`` square texture: its base colour, unlit (metallic 0, roughness 1)."""
+    layout = unwrap(mesh.vertices, mesh.faces, spec.texture_size, spec.texture_padding)
+    vertices = np.asarray(mesh.vertices)[layout.source_vertex]
+    image = bake(torch.as_tensor(vertices, dtype=torch.float32, device=device),
+                 torch.as_tensor(layout.faces, device=device), torch.as_tensor(layout.uv, device=device),
+                 lambda points: albedo(points).clamp(0, 1), spec.texture_size)
+    texture = Image.fromarray((image.cpu().numpy() * 255).round().astype(np.uint8))
+    material = trimesh.visual.material.PBRMaterial(name="albedo", baseColorTexture=texture,
+                                                   baseColorFactor=[255, 255, 255, 255], metallicFactor=0.0,
+                                                   roughnessFactor=1.0)
+    visual = trimesh.visual.TextureVisuals(uv=layout.uv, material=material)
+    return trimesh.Trimesh(vertices=vertices, faces=layout.faces, visual=visual, process=False)
+
+
 def save_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
-    """Writes OBJ, GLB or PLY by the file's suffix, atomically, +Y up (``WORLD_TO_FILE``)."""
+    """Writes OBJ, GLB or PLY by the file's suffix, atomically, +Y up (``WORLD_TO_FILE``); a textured OBJ
+    also writes its MTL (``<stem>.mtl``) and texture image beside it."""
     upright = mesh.copy()
     upright.apply_transform(WORLD_TO_FILE)
+    if path.suffix == ".obj" and upright.visual.kind == "texture":
+        text, beside = trimesh.exchange.obj.export_obj(upright, return_texture=True, mtl_name=f"{path.stem}.mtl")
+        for name, content in beside.items():
+            with atomic_path(path.with_name(name)) as temporary:
+                temporary.write_bytes(content)
+        with atomic_path(path) as temporary:
+            temporary.write_text(text)
+        return
     with atomic_path(path) as temporary:
         upright.export(temporary)
 

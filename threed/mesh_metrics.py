@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 import trimesh
 from scipy.spatial import cKDTree
+
+from mesh.texture import sample
 
 Inside = Callable[[np.ndarray], np.ndarray]  # points [N, 3] -> bool [N]
 
@@ -38,15 +41,32 @@ def chamfer(points: np.ndarray, truth_points: np.ndarray, truth_tree: cKDTree) -
 
 
 def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-uniform points [count, 3] on the surface and their colours [count, 3] in [0, 1] (vertex colours
-    interpolated; grey without colours)."""
+    """Area-uniform points [count, 3] on the surface and their colours [count, 3] in [0, 1]: vertex colours
+    interpolated, or the base-colour texture sampled at the interpolated UV as a glTF viewer samples it;
+    grey without either."""
     points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    if mesh.visual.kind != "vertex":
-        return points, np.full((count, 3), 0.5)
-    corners = mesh.vertices[mesh.faces[faces]]  # [count, 3, 3]
-    barycentric = trimesh.triangles.points_to_barycentric(corners, points)
-    colors = np.asarray(mesh.visual.vertex_colors)[mesh.faces[faces], :3] / 255.0  # [count, 3, 3]
-    return points, (barycentric[..., None] * colors).sum(axis=1)
+    corners = mesh.faces[faces]  # [count, 3]
+    barycentric = trimesh.triangles.points_to_barycentric(mesh.vertices[corners], points)[..., None]  # [count, 3, 1]
+    if mesh.visual.kind == "vertex":
+        colors = np.asarray(mesh.visual.vertex_colors)[corners, :3] / 255.0  # [count, 3, 3]
+        return points, (barycentric * colors).sum(axis=1)
+    if mesh.visual.kind == "texture":
+        uv = (barycentric * np.asarray(mesh.visual.uv)[corners]).sum(axis=1)
+        return points, base_color(mesh.visual.material, uv)
+    return points, np.full((count, 3), 0.5)
+
+
+def base_color(material: trimesh.visual.material.Material, uv: np.ndarray) -> np.ndarray:
+    """A material's base colour [N, 3] in [0, 1] at ``uv`` [N, 2]: its texture (bilinear) times its colour factor."""
+    if isinstance(material, trimesh.visual.material.PBRMaterial):
+        image, factor = material.baseColorTexture, material.baseColorFactor
+    else:
+        image, factor = material.image, material.diffuse
+    factor = np.ones(3) if factor is None else np.asarray(factor, dtype=np.float64)[:3] / 255.0
+    if image is None:
+        return np.broadcast_to(factor, (len(uv), 3)).copy()
+    texels = torch.tensor(np.array(image.convert("RGB")), dtype=torch.float64) / 255.0
+    return sample(texels, torch.as_tensor(uv, dtype=torch.float64)).numpy() * factor
 
 
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
@@ -86,7 +106,9 @@ def score_mesh(mesh: trimesh.Trimesh, truth: trimesh.Trimesh, inside_truth: Insi
     axis = (np.arange(grid) + 0.5) / grid * (2 * half_extent) - half_extent
     lattice = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
     in_truth = inside_truth(lattice)
-    in_mesh = mesh.contains(lattice @ rotation_z(angle))  # the lattice, turned back into the mesh's frame
+    # Inside-ness of the surface alone, its copies of vertices along texture seams welded.
+    welded = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)
+    in_mesh = welded.contains(lattice @ rotation_z(angle))  # the lattice, turned back into the mesh's frame
     union = np.logical_or(in_truth, in_mesh).sum()
     iou = float(np.logical_and(in_truth, in_mesh).sum() / union) if union else 0.0
     mean_color = colors.mean(axis=0)

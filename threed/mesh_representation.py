@@ -1,24 +1,30 @@
-"""The DMTet mesh as a representation (issue 23's geometry stage): DMTet's surface (``mesh.dmtet``),
-coloured by a radiance field's albedo at the surface points and rasterized (``mesh.rasterize``), with
-the surface's normal-consistency and Laplacian regularisers.
+"""The mesh stages as a representation: a triangle surface coloured by a radiance field's albedo at the
+rasterized surface points (``mesh.rasterize``), as threestudio's DMTet stages are.
 
-A stage starts from a finished NeRF run (``mesh.start_from``): the surface from its field's density at
-``export.threshold``, the colour from its field. Renders are unshaded albedo over the solid background
-colour, as the ShapeWorld teacher's images are; rows run top to bottom as the NeRF's do.
+- The geometry stage (``representation: dmtet``) trains DMTet's surface (``mesh.dmtet``) and the colour,
+  with the surface's normal-consistency and Laplacian regularisers. It starts from a finished NeRF run
+  (``mesh.start_from``): the surface where its density crosses ``export.threshold``, the colour its field.
+- The texture stage (``representation: texture``) trains the colour alone on a fixed surface: a finished
+  geometry stage's (or a NeRF run's, through the same DMTet conversion), with that run's colour field.
+
+Renders are unshaded albedo over the solid background colour, as the ShapeWorld teacher's images are;
+rows run top to bottom as the NeRF's do.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import trimesh
+from torch import nn
 
 from guidance.schedules import Ramp
-from mesh.dmtet import DMTetGeometry, DMTetSpec, laplacian_smoothness, normal_consistency
+from mesh.dmtet import DMTetGeometry, DMTetSpec, face_normals, laplacian_smoothness, normal_consistency
 from mesh.rasterize import antialias, clip_positions, interpolate, rasterize
-from nerf.field import FieldSpec, RadianceField
+from nerf.field import RadianceField
 from threed.cameras import CameraBatch
 from threed.export import EmptyMeshError, ExportSpec, without_small_components
 from threed.representation import RenderedViews, Representation
@@ -29,10 +35,14 @@ LEARNING_RATE = (0.0, 1.0)
 @dataclass
 class MeshStageSpec:
     grid: DMTetSpec = dataclasses.field(default_factory=DMTetSpec)
-    start_from: str = ""  # a finished NeRF run's folder: its field starts the surface and the colour
+    # The finished run the stage starts from: a NeRF run (either stage), or a mesh stage's run (texture stage).
+    start_from: str = ""
     lr_sdf: float = dataclasses.field(default=0.01, metadata={"range": LEARNING_RATE})
     lr_deformation: float = dataclasses.field(default=0.01, metadata={"range": LEARNING_RATE})
     lr_colour: float = dataclasses.field(default=0.01, metadata={"range": LEARNING_RATE})
+    # What the guidance sees: the colour field's albedo, or the surface's normal map (world normals as
+    # (n + 1) / 2, as threestudio's geometry stage renders for Stable Diffusion). Previews show the albedo.
+    shading: str = dataclasses.field(default="albedo", metadata={"choices": ("albedo", "normal")})
     normal_consistency: Ramp = dataclasses.field(default_factory=lambda: Ramp(1.0))
     laplacian: Ramp = dataclasses.field(default_factory=lambda: Ramp(0.0))
 
@@ -42,52 +52,95 @@ class MeshViews(RenderedViews):
     surface: tuple[torch.Tensor, torch.Tensor]  # the rendered surface: vertices [M, 3], triangles [F, 3]
 
 
+class FixedSurface(nn.Module):
+    """A surface training does not move (the texture stage's): vertices [M, 3] and triangles [F, 3], as buffers."""
+
+    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor):
+        super().__init__()
+        self.register_buffer("vertices", vertices.detach().clone())
+        self.register_buffer("faces", faces.clone())
+
+    def surface(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vertices, self.faces
+
+
 class MeshRepresentation(Representation):
-    def __init__(self, spec: MeshStageSpec, colour: FieldSpec, background_color: list[float]):
+    """A surface (DMTet's, trained, or a fixed one) and its colour field."""
+
+    def __init__(self, spec: MeshStageSpec, geometry: DMTetGeometry | FixedSurface, colour: RadianceField,
+                 background_color: list[float]):
         super().__init__()
         self.spec = spec
-        self.geometry = DMTetGeometry(spec.grid)
-        self.colour = RadianceField(colour)
+        self.geometry = geometry
+        self.colour = colour
         self.register_buffer("background_color", torch.tensor(background_color, dtype=torch.float32))
 
-    @torch.no_grad()
-    def initialize_from(self, field: RadianceField, threshold: float) -> None:
-        """The surface where ``field``'s density crosses ``threshold`` (the NeRF's exported one), its colours."""
-        self.geometry.initialize_from_density(field.density, threshold)
-        self.colour.load_state_dict(field.state_dict())
+    @classmethod
+    def from_density(cls, spec: MeshStageSpec, field: RadianceField, threshold: float, background_color: list[float],
+                     fixed: bool = False) -> "MeshRepresentation":
+        """DMTet's surface where ``field``'s density crosses ``threshold`` (the NeRF's exported one; trained, or
+        ``fixed``), coloured by a copy of ``field``."""
+        geometry = DMTetGeometry(spec.grid).to(next(field.parameters()).device)
+        geometry.initialize_from_density(field.density, threshold)
+        if not (geometry.sdf < 0).any() or not (geometry.sdf > 0).any():
+            raise EmptyMeshError(f"the source field's density does not cross {threshold} on the stage's grid "
+                                 f"({spec.grid.resolution} cells over [-{spec.grid.half_size}, {spec.grid.half_size}]^3): "
+                                 "start from a run whose mesh exported, inside mesh.grid.half_size")
+        return cls(spec, FixedSurface(*geometry.surface()) if fixed else geometry, copy.deepcopy(field), background_color)
 
-    def _render_view(self, points: torch.Tensor, faces: torch.Tensor, cameras: CameraBatch, index: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One view's albedo over the background [H, W, 3] and coverage [H, W], antialiased, rows top to bottom."""
+    @classmethod
+    def fixed_copy(cls, spec: MeshStageSpec, source: "MeshRepresentation") -> "MeshRepresentation":
+        """``source``'s surface, fixed, and a copy of its colour field: a texture stage after a geometry stage."""
+        with torch.no_grad():
+            surface = FixedSurface(*source.geometry.surface())
+        return cls(spec, surface, copy.deepcopy(source.colour), source.background_color.tolist())
+
+    @property
+    def trains_geometry(self) -> bool:
+        return isinstance(self.geometry, DMTetGeometry)
+
+    def _render_view(self, points: torch.Tensor, faces: torch.Tensor, cameras: CameraBatch, index: int,
+                     shading: str = "albedo") -> tuple[torch.Tensor, torch.Tensor]:
+        """One view's ``shading`` ("albedo" or "normal") over the background [H, W, 3] and coverage [H, W],
+        antialiased, rows top to bottom."""
         height, width = cameras.height, cameras.width
         clip = clip_positions(points, cameras.c2w[index], cameras.fovy[index], aspect=width / height)
         raster = rasterize(clip, faces, height, width)
         covered = raster.triangle >= 0
-        albedo = self.background_color.expand(height, width, 3).clone()
+        image = self.background_color.expand(height, width, 3).clone()
         if covered.any():
-            surface_points = interpolate(points, raster, faces)[covered]
-            albedo = albedo.index_put((covered,), self.colour(surface_points)[1])
-        with_coverage = torch.cat([albedo, covered[..., None].to(albedo.dtype)], dim=-1)
+            if shading == "normal":  # flat: each triangle's own normal
+                shade = (face_normals(points, faces)[raster.triangle[covered]] + 1) / 2
+            else:
+                shade = self.colour(interpolate(points, raster, faces)[covered])[1]
+            image = image.index_put((covered,), shade)
+        with_coverage = torch.cat([image, covered[..., None].to(image.dtype)], dim=-1)
         blended = antialias(with_coverage, raster, clip, faces).flip(0)
         return blended[..., :3], blended[..., 3]
 
     def render(self, cameras: CameraBatch, generator: torch.Generator, shading: str | None = None) -> MeshViews:
-        """Unshaded albedo (the mesh stage's only shading); ``generator`` draws nothing."""
+        """``mesh.shading``'s render (unless ``shading`` names one); ``generator`` draws nothing."""
         points, faces = self.geometry.surface()
-        views = [self._render_view(points, faces, cameras, index) for index in range(len(cameras))]
+        views = [self._render_view(points, faces, cameras, index, shading or self.spec.shading)
+                 for index in range(len(cameras))]
         images, coverage = (torch.stack(parts) for parts in zip(*views))
         return MeshViews(images, coverage, (points, faces))
 
     def regularizer_losses(self, views: MeshViews, step: int) -> dict[str, torch.Tensor]:
+        """The surface's regularisers (none for a fixed surface)."""
+        if not self.trains_geometry:
+            return {}
         points, faces = views.surface
         weights = {"normal_consistency": self.spec.normal_consistency.at(step), "laplacian": self.spec.laplacian.at(step)}
         losses = {"normal_consistency": normal_consistency, "laplacian": laplacian_smoothness}
         return {name: weights[name] * losses[name](points, faces) for name in losses if weights[name] > 0}
 
     def parameter_groups(self) -> list[dict]:
-        return [{"params": [self.geometry.sdf], "lr": self.spec.lr_sdf},
-                {"params": [self.geometry.deformation], "lr": self.spec.lr_deformation},
-                {"params": list(self.colour.parameters()), "lr": self.spec.lr_colour}]
+        groups = [{"params": list(self.colour.parameters()), "lr": self.spec.lr_colour}]
+        if self.trains_geometry:
+            groups += [{"params": [self.geometry.sdf], "lr": self.spec.lr_sdf},
+                       {"params": [self.geometry.deformation], "lr": self.spec.lr_deformation}]
+        return groups
 
     @torch.no_grad()
     def render_images(self, cameras: CameraBatch) -> np.ndarray:
@@ -96,8 +149,12 @@ class MeshRepresentation(Representation):
         return (torch.stack(images).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
     @torch.no_grad()
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return self.colour(points)[1]
+
+    @torch.no_grad()
     def extract_mesh(self, spec: ExportSpec) -> trimesh.Trimesh:
-        """The marching-tetrahedra surface itself, with the colour field's albedo as vertex colours."""
+        """The surface itself (marching tetrahedra's), with the colour field's albedo as vertex colours."""
         points, faces = self.geometry.surface()
         if len(faces) == 0:
             raise EmptyMeshError("the DMTet surface is empty: every grid vertex is on one side. Start the stage from a "

@@ -14,7 +14,7 @@ from nerf.renderer import RenderOutput, RenderSpec, render_rays, render_rays_chu
 from nerf.shading import Lighting, sample_shading_mode
 from threed.cameras import CameraBatch
 from threed.config import OptimSpec
-from threed.export import ExportSpec, extract_mesh
+from threed.export import ExportSpec, extract_mesh, query_field
 from threed.regularizers import RegularizerSpec, regularizer_losses
 from threed.representation import RenderedViews, Representation
 
@@ -70,6 +70,10 @@ class NeRFRepresentation(Representation):
             rgb = rgb.reshape(cameras.height, cameras.width, 3)
             views.append((rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
         return np.stack(views)
+
+    @torch.no_grad()
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return query_field(self.field, points)[1]
 
     def extract_mesh(self, spec: ExportSpec) -> trimesh.Trimesh:
         return extract_mesh(self.field, spec)

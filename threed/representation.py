@@ -51,5 +51,9 @@ class Representation(nn.Module, ABC):
 
     @abstractmethod
     def extract_mesh(self, spec: ExportSpec) -> trimesh.Trimesh:
-        """The surface as a mesh, in the scene's frame (z up)."""
+        """The surface as a mesh, in the scene's frame (z up), with vertex colours."""
+
+    @abstractmethod
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        """The surface colour [N, 3] at points [N, 3] (what export bakes into the mesh's texture)."""
 

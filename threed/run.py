@@ -18,7 +18,7 @@ from threed.config import Config, flat_config, load_config, save_config
 from threed.device import default_device
 from threed.errors import ConfigError
 from threed.evaluation import evaluator_for
-from threed.export import save_mesh
+from threed.export import TEXTURED_FORMATS, load_mesh, save_mesh, with_texture
 from threed.files import write_json
 from threed.representation import Representation
 from threed.run_folder import RunPaths, create_run_folder, existing_run_folder
@@ -113,13 +113,16 @@ class Run:
 
     def write_meshes(self, representation: Representation, formats: list[str]) -> None:
         """The meshes and, where a registered evaluator knows the prompt, its score of them (``mesh/<name>_score.json``)."""
-        mesh = representation.extract_mesh(self.config.export)
+        spec = self.config.export
+        mesh = representation.extract_mesh(spec)
+        textured = with_texture(mesh, representation.albedo, spec, self.device) if TEXTURED_FORMATS & set(formats) else None
         for file_format in formats:
-            save_mesh(mesh, self.paths.mesh(file_format))
+            save_mesh(textured if file_format in TEXTURED_FORMATS else mesh, self.paths.mesh(file_format))
             log.info("mesh (%d vertices): %s", len(mesh.vertices), self.paths.mesh(file_format))
         evaluator = evaluator_for(self.config.prompt)
         if evaluator is not None:
-            score = evaluator.score(mesh)
+            # Scored as a viewer shows it: the GLB's texture where one was written.
+            score = evaluator.score(load_mesh(self.paths.mesh("glb")) if "glb" in formats else mesh)
             initial = evaluator.score(self.initial_representation().extract_mesh(self.config.export))
             score["initial"] = {key: value for key, value in initial.items() if isinstance(value, float)}
             score["shape_gain"] = 1.0 - score["chamfer"] / initial["chamfer"]

@@ -38,19 +38,23 @@ log = logging.getLogger(__name__)
 
 def build_representation(config: Config, device: torch.device | str = "cpu") -> Representation:
     """The representation a config trains, as its training starts (the one place that chooses it): the
-    hash-grid NeRF, or a DMTet mesh started from the finished NeRF run ``mesh.start_from``."""
+    hash-grid NeRF, or a mesh stage started from the finished run ``mesh.start_from``."""
     if config.representation == "nerf":
         return NeRFRepresentation(config.geometry, config.background, config.render, config.regularizers,
                                   config.optim).to(device)
     source_paths = existing_run_folder(config.mesh.start_from)
     source_config = load_config(source_paths.config)
     source = trained_representation(source_config, source_paths, device)
-    if not isinstance(source, NeRFRepresentation):
-        raise ConfigError(f"mesh.start_from={config.mesh.start_from} is not a NeRF run: a mesh stage starts from one")
-    # The colour field is the NeRF's, so it takes the NeRF run's field settings, whatever the stage's say.
-    mesh = MeshRepresentation(config.mesh, source_config.geometry, config.background.color).to(device)
-    mesh.initialize_from(source.field, config.export.threshold)
-    return mesh
+    fixed = config.representation == "texture"
+    if isinstance(source, NeRFRepresentation):
+        # The NeRF run's exported surface (at its export.threshold) and a copy of its colour field, with the
+        # NeRF run's field settings, whatever the stage's say.
+        return MeshRepresentation.from_density(config.mesh, source.field, source_config.export.threshold,
+                                               config.background.color, fixed=fixed).to(device)
+    if not fixed:
+        raise ConfigError(f"mesh.start_from={config.mesh.start_from} is a mesh stage's run: the geometry stage "
+                          "(representation=dmtet) starts from a NeRF run, the texture stage from either")
+    return MeshRepresentation.fixed_copy(config.mesh, source).to(device)
 
 
 def trained_representation(config: Config, paths: RunPaths, device: torch.device | str) -> Representation:
