@@ -1,7 +1,7 @@
 """Gradio demo: type a prompt, watch a 3D asset appear, download it; and compare methods side by side.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--config configs/shapeworld.yaml]
-                  [--teacher-dir FOLDER ...] [key.path=value ...]
+                  [--teacher-dir FOLDER ...] [--mesh-stage CONFIG ...] [key.path=value ...]
 
 The pipeline runs in this process (a worker thread per run, progress passed through a queue), on
 CUDA when present. One run uses the device at a time; up to ``--queue-size`` more wait for it (their
@@ -48,8 +48,11 @@ class DemoRunner:
     """Turns the page's inputs into runs of the training pipeline, one at a time on the device, with at
     most ``max_waiting`` runs waiting for it."""
 
-    def __init__(self, config_path: str, overrides: list[str], max_waiting: int = 8, teacher_dirs: list[Path] = ()):
+    def __init__(self, config_path: str, overrides: list[str], max_waiting: int = 8, teacher_dirs: list[Path] = (),
+                 mesh_stages: list[str] | None = None):
         self.config_path, self.overrides, self.max_waiting = config_path, overrides, max_waiting
+        # The stage configs "Refine into a mesh" runs, in order.
+        self.mesh_stages = default_mesh_stages(config_path) if mesh_stages is None else list(mesh_stages)
         self.default = load_config(config_path, overrides)
         self.teachers = offered_teachers(self.default.teacher.pretrained, teacher_dirs)
         self._stop_events: dict[str, threading.Event] = {}  # the running run's, by the visitor's session
@@ -94,9 +97,19 @@ class DemoRunner:
         except UserError as error:
             raise gr.Error(str(error)) from None
 
-    def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher, request: gr.Request = None):
-        """Yields (status, preview, video, model, files) as training goes; the last has the results."""
+    def stage_config(self, stage: str, source: Run) -> Config:
+        """A mesh stage's config, started from the visitor's finished run ``source``: its prompt, seed and teacher."""
+        carried = [override("mesh.start_from", str(source.paths.root)), override("prompt", source.config.prompt),
+                   f"seed={source.config.seed}", override("teacher.pretrained", source.config.teacher.pretrained), "name=app"]
+        return load_config(stage, [*self.overrides, *carried])
+
+    def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher, refine=False,
+                 request: gr.Request = None):
+        """Yields (status, preview, video, model, files) as training goes; the last has the results: the NeRF
+        run's, or with ``refine`` the last mesh stage's (``self.mesh_stages``, each started from the run before)."""
         config = self.make_config(prompt, estimator, divergence, steps, seed, resolution, teacher)
+        if refine and not self.mesh_stages:
+            raise gr.Error("This demo was started without mesh stages (--mesh-stage): untick “Refine into a mesh”.")
         yield from self.wait_turn((WAITING, None, None, None, None))
         try:
             run, teacher_model = Run.start(config)
@@ -108,14 +121,18 @@ class DemoRunner:
         session, stop_event = visitor(request), threading.Event()
         self._stop_events[session] = stop_event
         updates: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, args=(run, teacher_model, updates, stop_event), daemon=True).start()
+        stages = self.mesh_stages if refine else []
+        threading.Thread(target=self._work, args=(run, teacher_model, stages, updates, stop_event), daemon=True).start()
         preview = None
         try:
             while (item := updates.get()) is not FINISHED:
                 if isinstance(item, Exception):
                     raise gr.Error(f"The run failed: {item}")
+                if isinstance(item, Run):  # the next stage started
+                    run = item
+                    continue
                 record, preview = item
-                yield status(record, config), preview, None, None, None
+                yield status(record, run.config), preview, None, None, None
         except GeneratorExit:  # the page was closed: end the run rather than train for nobody
             stop_event.set()
             raise
@@ -123,19 +140,28 @@ class DemoRunner:
             if self._stop_events.get(session) is stop_event:
                 del self._stop_events[session]
         paths = run.paths
-        files = [str(paths.mesh(f)) for f in config.export.formats]
+        files = [str(path) for path in paths.mesh_files()]
         yield f"Done: {paths.root.name}", preview, str(paths.video), str(paths.mesh("glb")), files
 
-    def _work(self, run: Run, teacher: DiffusionTeacher, updates: queue.Queue, stop_event: threading.Event) -> None:
-        """Trains and exports in its own thread; gives the device back when done, whatever happened."""
+    def _work(self, run: Run, teacher: DiffusionTeacher, stages: list[str], updates: queue.Queue,
+              stop_event: threading.Event) -> None:
+        """Trains and exports the run, then each of ``stages`` from the run before (a stopped run ends the
+        chain), in its own thread, passing each new stage's Run to ``updates``; gives the device back when
+        done, whatever happened."""
         try:
             cameras = turntable_cameras(run.config.video, 1, 128, run.device)
 
             def on_log(record: dict, trainer: Trainer) -> None:
                 updates.put((record, trainer.output_representation().render_images(cameras)[0]))
 
-            run.train(teacher, stop_requested=stop_event.is_set, on_log=on_log,
-                      formats=sorted(set(run.config.export.formats) | {"glb"}))
+            for stage in [None, *stages]:
+                if stage is not None:
+                    if stop_event.is_set():
+                        break
+                    run, teacher = Run.start(self.stage_config(stage, run))
+                    updates.put(run)
+                run.train(teacher, stop_requested=stop_event.is_set, on_log=on_log,
+                          formats=sorted(set(run.config.export.formats) | {"glb"}))
             updates.put(FINISHED)
         except Exception as error:  # reported in the page
             run.discard_if_unstarted()
@@ -184,6 +210,14 @@ def offered_teachers(default: str, teacher_dirs: list[Path]) -> dict[str, str]:
     return teachers
 
 
+def default_mesh_stages(config_path: str) -> list[str]:
+    """The mesh stages of a config by the project's naming: ``NAME-geometry.yaml`` then ``NAME-texture.yaml``
+    beside ``NAME.yaml``, those that exist."""
+    config = Path(config_path)
+    stages = (config.with_name(f"{config.stem}-{stage}.yaml") for stage in ("geometry", "texture"))
+    return [str(stage) for stage in stages if stage.is_file()]
+
+
 def served_folders(runner: DemoRunner) -> list[str]:
     """What Gradio may serve besides the files the demo returns (which it copies into its own cache):
     nothing, unless the runs' folder lies outside the current folder and the temporary folder, from
@@ -230,6 +264,8 @@ def build_demo(runner: DemoRunner) -> gr.Blocks:
                         resolution = gr.Dropdown(sorted({16, 32, 64, 128, 256, default.camera.height}), value=default.camera.height,
                                                  label="Render resolution")
                     teacher = gr.Dropdown(list(runner.teachers), value=next(iter(runner.teachers)), label="Teacher")
+                    refine = gr.Checkbox(value=False, label="Refine into a mesh (the DMTet geometry and texture stages)",
+                                         interactive=bool(runner.mesh_stages))
                     with gr.Row():
                         run = gr.Button("Generate", variant="primary")
                         stop = gr.Button("Stop")
@@ -239,7 +275,7 @@ def build_demo(runner: DemoRunner) -> gr.Blocks:
                     video = gr.Video(label="Turntable")
                     model = gr.Model3D(label="Mesh")
                     files = gr.File(label="Download", file_count="multiple")
-            run.click(runner.generate, [prompt, estimator, divergence, steps, seed, resolution, teacher],
+            run.click(runner.generate, [prompt, estimator, divergence, steps, seed, resolution, teacher, refine],
                       [state, preview, video, model, files], api_name="generate")
             stop.click(runner.stop, None, state, api_name="stop", queue=False)
         with gr.Tab("Compare"):
@@ -263,10 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue-size", type=int, default=8, help="runs that may wait for the device; more are told to try later")
     parser.add_argument("--teacher-dir", type=Path, action="append", default=[],
                         help="offer the teacher pipeline folders in (or at) FOLDER besides the config's (repeatable)")
+    parser.add_argument("--mesh-stage", action="append", metavar="CONFIG",
+                        help="a stage config that 'Refine into a mesh' runs after the NeRF, in order (repeatable; "
+                             "default: the config's NAME-geometry.yaml and NAME-texture.yaml where they exist)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = parser.parse_args(argv)
     register_evaluator()  # ShapeWorld prompts get example buttons and are scored
-    runner = DemoRunner(args.config, args.overrides, max_waiting=args.queue_size, teacher_dirs=args.teacher_dir)
+    runner = DemoRunner(args.config, args.overrides, max_waiting=args.queue_size, teacher_dirs=args.teacher_dir,
+                        mesh_stages=args.mesh_stage)
     demo = build_demo(runner)
     demo.queue(default_concurrency_limit=None)  # the runner queues runs for the device itself
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=served_folders(runner))

@@ -42,9 +42,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="for a mesh stage's --train: start from this finished run (mesh.start_from=RUN_DIR; "
                              "its prompt unless --prompt is given)")
     parser.add_argument("--then", action="append", default=[], metavar="CONFIG",
-                        help="for --train: then train this mesh stage from the run just finished (repeatable, in "
-                             "order, e.g. --then configs/shapeworld-geometry.yaml --then configs/shapeworld-texture.yaml); "
-                             "the overrides apply to every stage")
+                        help="for --train and --compare: then train this mesh stage from each run just finished "
+                             "(repeatable, in order, e.g. --then configs/shapeworld-geometry.yaml --then "
+                             "configs/shapeworld-texture.yaml); the overrides apply to every stage")
     parser.add_argument("--prompt", help="shorthand for prompt=TEXT")
     parser.add_argument("--seed", type=int, help="shorthand for seed=N")
     parser.add_argument("--outputs", help="shorthand for outputs=DIR (default: outputs)")
@@ -61,9 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.train or args.compare or args.batch) and not args.config:
         parser.error("--train, --compare and --batch need --config FILE (e.g. configs/tiny.yaml)")
-    if (args.from_run or args.then) and not args.train:
-        parser.error("--from and --then chain mesh stages: use them with --train --config "
-                     "(e.g. --config configs/shapeworld-geometry.yaml --from RUN_DIR)")
+    if args.from_run and not args.train:
+        parser.error("--from RUN_DIR starts a mesh stage: use it with --train --config (e.g. configs/shapeworld-geometry.yaml)")
+    if args.then and not (args.train or args.compare):
+        parser.error("--then chains mesh stages after --train's run or each of --compare's runs")
     if args.workers < 1 or args.cpus_per_run < 1 or args.gpus_per_run < 0:
         parser.error("--workers and --cpus-per-run must be at least 1, --gpus-per-run at least 0")
     return args
@@ -83,7 +84,8 @@ def execute(args: argparse.Namespace) -> None:
         from threed.cells import parse_methods, parse_seeds
         from threed.compare import compare
 
-        root = compare(args.config, overrides_from(args), parse_methods(args.methods), parse_seeds(args.seeds), runner)
+        root = compare(args.config, overrides_from(args), parse_methods(args.methods), parse_seeds(args.seeds), runner,
+                       args.then)
         log.info("comparison: %s (grid.mp4, grid.png, table.md, table.csv)", root)
         return
     if args.batch:

@@ -53,6 +53,7 @@ def overrides_for_fast_runs(teacher: str, folder) -> list[str]:
         "trainer.val_views=2", "trainer.val_resolution=16", "video.frames=4", "video.resolution=32", "export.resolution=32",
         f"guidance.sample_bank.cache_dir={folder / 'sample-bank'}", "guidance.sample_bank.samples_per_view=2",
         "guidance.sample_bank.steps=2", "guidance.discriminator.hidden_channels=8",
+        "mesh.grid.resolution=32", "export.texture_size=128",
     ]
 
 

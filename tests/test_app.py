@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gradio_client
 import pytest
+import trimesh
 
 from tests.conftest import start_demo
 
@@ -40,10 +41,23 @@ def wait_for(job, *states: str) -> None:
 
 def test_a_short_run_on_the_embedded_teacher_returns_a_video_and_meshes(client):
     status, preview, video, model, files = client.predict(
-        "a red vase", "uni-instruct", "fkl", 3, 0, 16, EMBEDDED, api_name="/generate")
+        "a red vase", "uni-instruct", "fkl", 3, 0, 16, EMBEDDED, False, api_name="/generate")
     assert status.startswith("Done")
     assert video and model.endswith(".glb")
-    assert sorted(str(f).rsplit(".", 1)[-1] for f in files) == ["glb", "obj", "ply"]
+    assert sorted(str(f).rsplit(".", 1)[-1] for f in files) == ["glb", "mtl", "obj", "ply", "png"]  # the OBJ's MTL, texture
+
+
+def test_refining_into_a_mesh_runs_the_stages_and_returns_the_textured_mesh(client, demo_folder):
+    status, _, video, model, _ = client.predict(
+        "a green cube", "uni-instruct", "fkl", 3, 1, 16, EMBEDDED, True, api_name="/generate")
+    assert status.startswith("Done")
+    texture_runs = list((demo_folder / "outputs" / "app").glob("a_green_cube@*/"))
+    assert len(texture_runs) == 3  # the NeRF, the geometry stage and the texture stage, each a run folder
+    last = max(texture_runs, key=lambda run: run.name)
+    assert "representation: texture" in (last / "config.yaml").read_text()
+    assert Path(model).name == "model.glb" and video
+    mesh = trimesh.load(model, force="mesh")
+    assert mesh.visual.kind == "texture"
 
 
 @pytest.mark.parametrize("prompt, steps, message", [
@@ -51,7 +65,7 @@ def test_a_short_run_on_the_embedded_teacher_returns_a_video_and_meshes(client):
 ])
 def test_bad_input_is_refused_in_the_page(client, prompt, steps, message):
     with pytest.raises(Exception, match=message):
-        client.predict(prompt, "sds", "fkl", steps, 0, 16, EMBEDDED, api_name="/generate")
+        client.predict(prompt, "sds", "fkl", steps, 0, 16, EMBEDDED, False, api_name="/generate")
 
 
 def test_only_the_offered_teachers_can_be_picked(client, tmp_path):

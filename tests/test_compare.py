@@ -147,3 +147,31 @@ def test_quality_table_checks_the_prompts_before_training(capsys):
 
     with pytest.raises(SystemExit, match="not a ShapeWorld prompt"):
         quality_table.main(["--prompts", "a red cube;a hamburger"])
+
+
+def test_quality_table_with_mesh_stages_scores_the_last_stage_beside_stage_one(tmp_path, caplog):
+    from tests.conftest import SHAPEWORLD_TEACHER, overrides_for_fast_runs
+    from threed.tools import quality_table
+
+    table = tmp_path / "stages.md"
+    args = ["--methods", "uni-instruct:fkl", "--prompts", "a green cube", "--seeds", "0", "--out", str(table),
+            "--then", "configs/shapeworld-geometry.yaml", "--then", "configs/shapeworld-texture.yaml",
+            *overrides_for_fast_runs(SHAPEWORLD_TEACHER, tmp_path), "trainer.max_steps=2", "guidance.switch.step=1",
+            "export.formats=[glb]", "video.frames=2"]
+    quality_table.main(args)
+    cells = tmp_path / "outputs" / "compare" / "shapeworld" / "a_green_cube" / "uni-instruct-fkl"
+    assert sorted(p.name for p in cells.iterdir()) == ["seed0", "seed0.shapeworld-geometry", "seed0.shapeworld-texture"]
+    scores = {name: json.loads((cells / name / "mesh" / "shapeworld_score.json").read_text())
+              for name in ("seed0", "seed0.shapeworld-texture")}
+    lines = table.read_text().splitlines()
+    [run] = [line for line in lines if line.startswith("| a green cube")]
+    assert float(run.split(" | ")[3]) == pytest.approx(scores["seed0.shapeworld-texture"]["chamfer"], abs=5e-5)
+    assert float(run.split(" | ")[4]) == pytest.approx(scores["seed0"]["initial"]["chamfer"], abs=5e-5)
+    stage_one, mesh_stages = (line.split(" | ") for line in lines
+                              if line.startswith(("| uni-instruct:fkl | stage 1 |", "| uni-instruct:fkl | mesh stages |")))
+    assert float(stage_one[2].split(" / ")[0]) == pytest.approx(scores["seed0"]["chamfer"], abs=5e-5)
+    assert float(mesh_stages[2].split(" / ")[0]) == pytest.approx(scores["seed0.shapeworld-texture"]["chamfer"], abs=5e-5)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        quality_table.main(args)
+    assert caplog.text.count("finished, skipped") == 1

@@ -92,10 +92,10 @@ def summary_row(cell: Cell) -> dict:
            "status": "finished" if cell.finished() else "not finished"}
     row["wall_time_s"] = round(cell.wall_time_s, 1) if cell.finished() else None
     row["threads"] = cell.threads if cell.finished() else None
-    scores = sorted((cell.paths.root / "mesh").glob("*_score.json"))
+    scores = sorted((cell.final.paths.root / "mesh").glob("*_score.json"))
     score = json.loads(scores[0].read_text()) if scores else {}
     row.update({key: score.get(key) for key in SCORES})
-    row["run_folder"] = str(cell.paths.root)
+    row["run_folder"] = str(cell.final.paths.root)
     return row
 
 

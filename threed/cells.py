@@ -1,21 +1,22 @@
 """Cells: one run per method and seed of a prompt, in a folder named by them (no timestamp), under
-``<outputs>/compare/<config name>/<prompt slug>/<method>/seed<S>/``. A cell is finished once its record
-(cell.json: wall time, threads) exists; an unfinished one resumes from its checkpoint; one made with
-another config is refused. The comparison, the quality table and the batch runs share these cells.
+``<outputs>/compare/<config name>/<prompt slug>/<method>/seed<S>/``, and its mesh stages, if any, each
+started from the run before it, beside it in ``seed<S>.<stage config name>/``. A run is finished once its
+record (cell.json: wall time, threads) exists; an unfinished one resumes from its checkpoint; one made
+with another config is refused. The comparison, the quality table and the batch runs share these cells.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from guidance.divergences import DIVERGENCES
 from guidance.registry import ESTIMATORS
-from threed.config import Config, flat_config, load_config
+from threed.config import Config, flat_config, load_config, override
 from threed.errors import ConfigError
 from threed.files import write_json
 from threed.run import Run
@@ -88,20 +89,27 @@ class Cell:
     seed: int
     paths: RunPaths
     config: Config
+    stages: list["Cell"] = field(default_factory=list)  # the mesh stages after this run, in order
 
     @property
     def record(self) -> Path:
         return self.paths.root / "cell.json"
 
+    @property
+    def final(self) -> "Cell":
+        """The run whose mesh and video the cell shows: its last stage's, or its own."""
+        return self.stages[-1] if self.stages else self
+
     def finished(self) -> bool:
-        return self.record.is_file()
+        return all(run.record.is_file() for run in (self, *self.stages))
 
     def _recorded(self) -> dict:
         return json.loads(self.record.read_text())
 
     @property
     def wall_time_s(self) -> float:
-        return self._recorded()["wall_time_s"]
+        """The run's wall time and its stages'."""
+        return sum(run._recorded()["wall_time_s"] for run in (self, *self.stages))
 
     @property
     def threads(self) -> int | None:
@@ -110,31 +118,49 @@ class Cell:
 
     @property
     def mesh(self) -> Path:
-        return self.paths.mesh(self.config.export.formats[0])
+        """The final run's mesh (its first export format)."""
+        return self.final.paths.mesh(self.final.config.export.formats[0])
 
 
 def run_cell(cell: Cell) -> None:
-    """Trains one cell (resuming a partial one) and records its wall time: this call's, plus the
-    training time of the interrupted calls before it up to the checkpoint it resumed from, and the
-    CPU threads it ran with (wall times of 1- and 2-thread runs are not comparable)."""
-    resume = cell.paths.config.is_file()
-    started = time.perf_counter()
-    run, teacher = Run.start(cell.config, root=cell.paths.root)  # a teacher per cell: LoRA may share its U-Net
-    trainer = run.train(teacher, resume=resume)
-    write_json(cell.record, {"method": cell.method.label, "seed": cell.seed,
-                             "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s,
-                             "threads": torch.get_num_threads()})
+    """Trains one cell's unfinished runs (resuming a partial one), its stages after it, and records each
+    run's wall time: this call's, plus the training time of the interrupted calls before it up to the
+    checkpoint it resumed from, and the CPU threads it ran with (wall times of 1- and 2-thread runs are
+    not comparable)."""
+    for run_of_cell in (cell, *cell.stages):
+        if run_of_cell.record.is_file():
+            continue
+        resume = run_of_cell.paths.config.is_file()
+        started = time.perf_counter()
+        run, teacher = Run.start(run_of_cell.config, root=run_of_cell.paths.root)  # a teacher per run: LoRA may share its U-Net
+        trainer = run.train(teacher, resume=resume)
+        write_json(run_of_cell.record, {"method": cell.method.label, "seed": cell.seed,
+                                        "wall_time_s": time.perf_counter() - started + trainer.earlier_sessions_s,
+                                        "threads": torch.get_num_threads()})
 
 
-def plan_cells(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int]) -> tuple[Config, Path, list[Cell]]:
-    """The base config, the comparison folder of its prompt and one cell per method and seed."""
+def plan_cells(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int],
+               stages: list[str] = ()) -> tuple[Config, Path, list[Cell]]:
+    """The base config, the comparison folder of its prompt and one cell per method and seed, each with the
+    mesh ``stages`` (config files) after it, the method's overrides applied to each stage's own schedule."""
     base = load_config(config_path, overrides)
     root = Path(base.outputs) / "compare" / base.name / prompt_slug(base.prompt)
-    cells = [Cell(m, s, RunPaths(root / m.label.replace(":", "-") / f"seed{s}"),
-                  load_config(config_path, [*overrides, *m.overrides(base), f"seed={s}"]))
-             for m, s in itertools.product(methods, seeds)]
-    for cell in cells:
-        refuse_stale_cell(cell)
+    cells = []
+    for method, seed in itertools.product(methods, seeds):
+        folder = root / method.label.replace(":", "-")
+        cell = Cell(method, seed, RunPaths(folder / f"seed{seed}"),
+                    load_config(config_path, [*overrides, *method.overrides(base), f"seed={seed}"]))
+        source = cell
+        for stage in stages:
+            stage_overrides = [*overrides, override("prompt", base.prompt), f"seed={seed}",
+                               override("mesh.start_from", str(source.paths.root))]
+            stage_config = load_config(stage, stage_overrides)
+            source = Cell(method, seed, RunPaths(folder / f"seed{seed}.{stage_config.name}"),
+                          load_config(stage, [*stage_overrides, *method.overrides(stage_config)]))
+            cell.stages.append(source)
+        cells.append(cell)
+    for run in (run for cell in cells for run in (cell, *cell.stages)):
+        refuse_stale_cell(run)
     return base, root, cells
 
 

@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def compare(config_path: str, overrides: list[str], methods: list[Method], seeds: list[int],
-            runner: CellRunner = CellRunner()) -> Path:
-    """Runs the missing cells (through ``runner``), then writes the grids and tables; returns the comparison folder."""
-    base, root, cells = plan_cells(config_path, overrides, methods, seeds)
+            runner: CellRunner = CellRunner(), stages: list[str] = ()) -> Path:
+    """Runs the missing cells (through ``runner``), each followed by the mesh ``stages`` (config files), then
+    writes the grids and tables of the final runs; returns the comparison folder."""
+    base, root, cells = plan_cells(config_path, overrides, methods, seeds, stages)
     log.info("comparison folder: %s", root)
     runner.run(cells)
     write_grids(cells, methods, seeds, root)
@@ -50,7 +51,7 @@ def text_tile(text: str, width: int, height: int) -> np.ndarray:
 
 def write_grids(cells: list[Cell], methods: list[Method], seeds: list[int], root: Path) -> None:
     """grid.mp4 and grid.png (its first frame): a header row of seeds, a header column of methods."""
-    videos = {(c.method, c.seed): imageio.mimread(c.paths.video, memtest=False) for c in cells}
+    videos = {(c.method, c.seed): imageio.mimread(c.final.paths.video, memtest=False) for c in cells}
     frames = min(len(v) for v in videos.values())
     height, width = np.asarray(videos[(methods[0], seeds[0])][0]).shape[:2]
     label_width = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(m.label)) for m in methods) + 8

@@ -42,6 +42,12 @@ class RunPaths:
     def mesh(self, file_format: str) -> Path:
         return self.root / "mesh" / f"model.{file_format}"
 
+    def mesh_files(self) -> list[Path]:
+        """Every file of the exported meshes (an OBJ's MTL and texture image too), not the evaluators' scores."""
+        folder = self.root / "mesh"
+        files = folder.iterdir() if folder.is_dir() else []
+        return sorted(p for p in files if p.is_file() and not p.name.startswith(".") and not p.name.endswith("_score.json"))
+
     def score(self, evaluator_name: str) -> Path:
         """The evaluator's numbers for the run's mesh (``threed.evaluation``), e.g. mesh/shapeworld_score.json."""
         return self.root / "mesh" / f"{evaluator_name}_score.json"

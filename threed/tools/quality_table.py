@@ -3,6 +3,8 @@ evaluator's Chamfer distance, IoU and colour error, the shape gain (1 - Chamfer 
 own initial field), the wall time of the run; then each method's medians over the seeds for every shape.
 
     python -m threed.tools.quality_table --methods sds,vsd,uni-instruct:fkl --seeds 0,1,2 --workers 2 --out quality.md
+    python -m threed.tools.quality_table --methods uni-instruct:fkl --seeds 0,1 --then configs/shapeworld-geometry.yaml \
+        --then configs/shapeworld-texture.yaml --out stages.md   # stage 1 beside the mesh stages
 
 Each run is a cell of the comparison tool (``<outputs>/compare/<config>/<prompt>/<method>/seed<S>``),
 so an interrupted table resumes where it stopped and ``launch.py --compare`` reuses its runs. With
@@ -32,29 +34,38 @@ log = logging.getLogger(__name__)
 METRICS = ("chamfer", "initial_chamfer", "shape_gain", "iou", "color_error", "wall_time_s")
 
 
-def score_cell(cell: Cell, prompt: str) -> dict:
-    """The evaluator's numbers for the cell's mesh, its initial field's Chamfer distance (step 0, the same
-    export) and the shape gain 1 - Chamfer / initial Chamfer: those the run wrote, or computed here for runs
-    trained without the evaluator registered."""
-    saved = cell.paths.score("shapeworld")
+def evaluated(run: Cell, prompt: str) -> tuple[dict, float]:
+    """The evaluator's numbers for a run's mesh and its initial field's Chamfer distance (step 0, the same
+    export): those the run wrote, or computed here for runs trained without the evaluator registered."""
+    saved = run.paths.score("shapeworld")
     if saved.is_file():
         score = json.loads(saved.read_text())
-        initial_chamfer = score["initial"]["chamfer"]
-    else:
-        score = evaluate_mesh(load_mesh(cell.mesh), prompt)
-        initial_mesh = Run(cell.config, cell.paths).initial_representation().extract_mesh(cell.config.export)
-        initial_chamfer = evaluate_mesh(initial_mesh, prompt)["chamfer"]
-    return {"prompt": prompt, "shape": parse_prompt(prompt)[0], "method": cell.method.label, "seed": cell.seed,
-            "chamfer": score["chamfer"], "initial_chamfer": initial_chamfer,
-            "shape_gain": 1.0 - score["chamfer"] / initial_chamfer, "iou": score["iou"],
-            "color_error": score["color_error"], "wall_time_s": cell.wall_time_s, "threads": cell.threads}
+        return score, score["initial"]["chamfer"]
+    score = evaluate_mesh(load_mesh(run.paths.mesh(run.config.export.formats[0])), prompt)
+    initial_mesh = Run(run.config, run.paths).initial_representation().extract_mesh(run.config.export)
+    return score, evaluate_mesh(initial_mesh, prompt)["chamfer"]
+
+
+def score_cell(cell: Cell, prompt: str) -> dict:
+    """The evaluator's numbers for the cell's final mesh (its last stage's), the Chamfer distance of its first
+    run's initial field and the shape gain 1 - Chamfer / initial Chamfer; with stages, the first run's
+    (stage 1's) Chamfer and colour error too."""
+    first, initial_chamfer = evaluated(cell, prompt)
+    final = evaluated(cell.final, prompt)[0] if cell.stages else first
+    row = {"prompt": prompt, "shape": parse_prompt(prompt)[0], "method": cell.method.label, "seed": cell.seed,
+           "chamfer": final["chamfer"], "initial_chamfer": initial_chamfer,
+           "shape_gain": 1.0 - final["chamfer"] / initial_chamfer, "iou": final["iou"],
+           "color_error": final["color_error"], "wall_time_s": cell.wall_time_s, "threads": cell.threads}
+    if cell.stages:
+        row |= {"stage1_chamfer": first["chamfer"], "stage1_color_error": first["color_error"]}
+    return row
 
 
 def quality_rows(config: str, overrides: list[str], methods: list[Method], prompts: list[str], seeds: list[int],
-                 runner: CellRunner) -> list[dict]:
-    """Trains what is missing (all prompts' runs through one runner) and scores every prompt x method x seed
-    run: one dict of METRICS per run."""
-    cells_of = {prompt: plan_cells(config, [*overrides, override("prompt", prompt)], methods, seeds)[2]
+                 runner: CellRunner, stages: list[str] = ()) -> list[dict]:
+    """Trains what is missing (all prompts' runs, each followed by the mesh ``stages``, through one runner) and
+    scores every prompt x method x seed cell: one dict of METRICS per cell."""
+    cells_of = {prompt: plan_cells(config, [*overrides, override("prompt", prompt)], methods, seeds, stages)[2]
                 for prompt in prompts}
     runner.run([cell for cells in cells_of.values() for cell in cells])
     return [score_cell(cell, prompt) for prompt, cells in cells_of.items() for cell in cells]
@@ -87,7 +98,25 @@ def markdown(rows: list[dict], header: str) -> str:
                      for s in shapes]
         lines.append(f"| {method} | " + " | ".join(f"{gain:.2f} / {chamfer:.4f}" for gain, chamfer in per_shape) +
                      f" | {np.median([chamfer for _, chamfer in per_shape]):.4f} |")
+    if "stage1_chamfer" in rows[0]:
+        lines += stage_comparison(rows, methods, shapes)
     return "\n".join(lines) + "\n"
+
+
+def stage_comparison(rows: list[dict], methods: list[str], shapes: list[str]) -> list[str]:
+    """Markdown lines: per method and shape, the medians over the seeds of the Chamfer distance and colour
+    error after stage 1 and after the mesh stages."""
+    lines = ["", "After stage 1 and after the mesh stages, medians over the seeds, Chamfer / colour error:", "",
+             "| method | after | " + " | ".join(shapes) + " | median Chamfer of the shapes | median colour error |",
+             "|---|---|" + "---|" * (len(shapes) + 2)]
+    for method in methods:
+        for label, chamfer, colour in (("stage 1", "stage1_chamfer", "stage1_color_error"),
+                                       ("mesh stages", "chamfer", "color_error")):
+            per_shape = [(median_of(rows, chamfer, method=method, shape=s), median_of(rows, colour, method=method, shape=s))
+                         for s in shapes]
+            lines.append(f"| {method} | {label} | " + " | ".join(f"{c:.4f} / {e:.3f}" for c, e in per_shape) +
+                         f" | {np.median([c for c, _ in per_shape]):.4f} | {np.median([e for _, e in per_shape]):.3f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", default=";".join(SHOWCASE_PROMPTS), help="ShapeWorld prompts separated by ';'")
     parser.add_argument("--seeds", default="0", help="seeds separated by commas, like 0,1,2")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time; above 1 they are Ray tasks of one thread")
+    parser.add_argument("--then", action="append", default=[], metavar="CONFIG",
+                        help="a mesh stage after each run (repeatable, in order): the table scores the last stage's "
+                             "mesh and sets it beside stage 1's")
     parser.add_argument("--out", type=Path, default=Path("quality.md"), help="the Markdown table to write")
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     arguments = parser.parse_args(argv)
@@ -114,10 +146,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {error}") from None
     try:
         rows = quality_rows(arguments.config, arguments.overrides, methods, prompts, seeds,
-                            CellRunner(workers=arguments.workers))
+                            CellRunner(workers=arguments.workers), arguments.then)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
-    header = (f"Config `{arguments.config}` {' '.join(arguments.overrides)}, seeds {','.join(map(str, seeds))}; "
+    stages = "".join(f" then `{stage}`" for stage in arguments.then)
+    header = (f"Config `{arguments.config}`{stages} {' '.join(arguments.overrides)}, seeds {','.join(map(str, seeds))}; "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}; each run's CPU threads in its row")
     arguments.out.write_text(markdown(rows, header))
     print(arguments.out.read_text())
