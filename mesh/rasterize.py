@@ -1,4 +1,6 @@
-"""Triangle rasterization with nvdiffrast's semantics, in PyTorch (the CPU backend).
+"""Triangle rasterization with nvdiffrast's semantics: nvdiffrast's CUDA rasterizer where it is importable
+and the positions are on a CUDA device (``backend`` auto or nvdiffrast; never its OpenGL context, which
+needs EGL), and its twin in PyTorch everywhere else (``backend`` torch, and the CPU).
 
 ``rasterize`` gives, per pixel, the nearest triangle's index, its perspective-correct barycentrics and
 its depth; ``interpolate`` turns vertex attributes into pixel attributes through them; ``antialias``
@@ -18,9 +20,15 @@ proportion to the triangles' screen area, which suits the small meshes of the me
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "torch", "nvdiffrast")
 
 
 @dataclass
@@ -79,9 +87,47 @@ def _screen_barycentrics(corners: torch.Tensor, pixel: torch.Tensor) -> torch.Te
     return weights / _screen_area(corners)[:, None]
 
 
-def rasterize(clip: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> Raster:
+@functools.cache
+def nvdiffrast_available() -> bool:
+    available = importlib.util.find_spec("nvdiffrast") is not None and torch.cuda.is_available()
+    log.info("rasterizer: %s", "nvdiffrast on CUDA" if available else "PyTorch (nvdiffrast not importable or no CUDA)")
+    return available
+
+
+@functools.cache
+def _cuda_context(device: torch.device):
+    import nvdiffrast.torch as dr
+
+    return dr.RasterizeCudaContext(device=device)
+
+
+def rasterize(clip: torch.Tensor, faces: torch.Tensor, height: int, width: int, backend: str = "auto") -> Raster:
     """The nearest triangle at every pixel of an ``height`` x ``width`` image of one view: ``clip`` [V, 4]
-    clip-space positions, ``faces`` [F, 3] long."""
+    clip-space positions, ``faces`` [F, 3] long. ``backend`` (``BACKENDS``): nvdiffrast where it can run
+    (auto), or always (nvdiffrast, an error where it cannot), or the PyTorch twin (torch)."""
+    if backend == "nvdiffrast" and not (clip.is_cuda and nvdiffrast_available()):
+        raise RuntimeError("the nvdiffrast rasterizer needs nvdiffrast installed and the mesh on a CUDA device; "
+                           "use backend auto or torch")
+    if backend != "torch" and clip.is_cuda and nvdiffrast_available():
+        return _rasterize_nvdiffrast(clip, faces, height, width)
+    return _rasterize_torch(clip, faces, height, width)
+
+
+def _rasterize_nvdiffrast(clip: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> Raster:
+    """``rasterize`` by nvdiffrast's CUDA context; its barycentrics (u, v) weigh corners 0 and 1, and carry
+    gradients to ``clip`` through its own backward pass."""
+    import nvdiffrast.torch as dr
+
+    raster, _ = dr.rasterize(_cuda_context(clip.device), clip[None].contiguous(), faces.int().contiguous(), (height, width))
+    u, v, depth, triangle = raster[0].unbind(dim=-1)
+    triangle = triangle.long() - 1  # nvdiffrast counts triangles from 1, 0 meaning none
+    covered = triangle >= 0
+    barycentric = torch.stack([u, v, 1 - u - v], dim=-1) * covered[..., None]
+    return Raster(triangle, barycentric, depth.where(covered, torch.full_like(depth, torch.inf)))
+
+
+def _rasterize_torch(clip: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> Raster:
+    """``rasterize`` in PyTorch (see the module's docstring for how)."""
     device = clip.device
     visible = (clip[faces, 3] > 0).all(dim=1)
     faces = faces[visible]

@@ -149,6 +149,8 @@ def test_v_prediction_teacher_trains(fast_overrides, tiny_v_teacher):
     (["optim.lr_encoding=1e30"], "optim.lr_encoding = 1e+30 is out of range"),
     (["--prompt", "a" * 10_000], "keep it under"),
     (["geometry.grid.backend=tcnn"], "geometry.grid.backend=tcnn needs tiny-cuda-nn"),
+    (["mesh.rasterizer=nvdiffrast"], "mesh.rasterizer=nvdiffrast needs nvdiffrast and a CUDA device"),
+    (["representation=texture"], "representation=texture starts from a finished run"),
 ])
 def test_user_errors_are_one_clear_line(args, message, capsys, tmp_path, fast_overrides):
     a_file = tmp_path / "a_file"

@@ -77,16 +77,26 @@ def test_triangles_behind_the_camera_are_skipped():
 def test_parity_with_nvdiffrast():
     if not torch.cuda.is_available():
         pytest.skip("nvdiffrast parity needs CUDA (nvdiffrast's CUDA context); none here")
-    dr = pytest.importorskip("nvdiffrast.torch", reason="nvdiffrast is not installed")
+    pytest.importorskip("nvdiffrast.torch", reason="nvdiffrast is not installed")
     points = torch.tensor([[-1.0, -1.0, -2.0], [1.5, -1.0, -5.0], [0.0, 1.2, -3.0], [1.0, 1.0, -2.5]], device="cuda")
     faces = torch.tensor([[0, 1, 2], [1, 3, 2]], device="cuda")
-    clip = perspective(points)
-    ours = rasterize(clip, faces, 64, 64)
-    theirs, _ = dr.rasterize(dr.RasterizeCudaContext(), clip[None], faces.int(), (64, 64))
-    triangle = theirs[0, ..., 3].long() - 1
-    agree = triangle == ours.triangle
+    clip = perspective(points).requires_grad_()
+    ours, theirs = (rasterize(clip, faces, 64, 64, backend=backend) for backend in ("torch", "nvdiffrast"))
+    agree = theirs.triangle == ours.triangle
     assert agree.float().mean() > 0.99  # pixels exactly on a shared edge may go either way
-    assert torch.allclose(theirs[0, ..., :2][agree & (triangle >= 0)], ours.barycentric[..., :2][agree & (triangle >= 0)], atol=1e-4)
+    both = agree & (ours.triangle >= 0)
+    assert torch.allclose(theirs.barycentric[both], ours.barycentric[both], atol=1e-4)
+    assert torch.allclose(theirs.depth[both], ours.depth[both], atol=1e-5)
+    weights = torch.rand(64, 64, 3, device="cuda")
+    gradients = [torch.autograd.grad((raster.barycentric * weights * both[..., None]).sum(), clip)[0] for raster in (ours, theirs)]
+    assert torch.allclose(*gradients, rtol=1e-3, atol=1e-3)
+
+
+def test_the_nvdiffrast_backend_is_refused_where_it_cannot_run():
+    clip = perspective(torch.tensor([[-1.0, -1.0, -2.0], [1.5, -1.0, -5.0], [0.0, 1.2, -3.0]]))  # on the CPU
+    with pytest.raises(RuntimeError, match="needs nvdiffrast installed and the mesh on a CUDA device"):
+        rasterize(clip, torch.tensor([[0, 1, 2]]), 8, 8, backend="nvdiffrast")
+    assert (rasterize(clip, torch.tensor([[0, 1, 2]]), 8, 8, backend="auto").triangle >= 0).any()  # the twin
 
 
 def white_triangle(clip: torch.Tensor, size: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from guidance.schedules import Ramp
 from guidance.teacher import TeacherSpec
 from nerf.background import BackgroundSpec
 from nerf.field import FieldSpec
+from mesh.rasterize import nvdiffrast_available
 from nerf.hashgrid import tcnn_available
 from nerf.renderer import RenderSpec
 from threed.cameras import CameraSpec, TurntableSpec
@@ -244,6 +245,9 @@ def validate(config: Config) -> None:
     if config.representation != "nerf" and not config.mesh.start_from.strip():
         raise ConfigError(f"representation={config.representation} starts from a finished run: set mesh.start_from=RUN_DIR "
                           "(a folder under outputs/ with a checkpoint), or pass --from RUN_DIR")
+    if config.mesh.rasterizer == "nvdiffrast" and not nvdiffrast_available():
+        raise ConfigError("mesh.rasterizer=nvdiffrast needs nvdiffrast and a CUDA device, and this machine lacks one: "
+                          "use mesh.rasterizer=auto (nvdiffrast where it can run) or torch")
     if config.representation != "nerf" and config.background.kind != "solid":
         raise ConfigError(f"representation={config.representation} renders over a solid background, not "
                           f"background.kind={config.background.kind}: set background.kind=solid (its colour: background.color)")

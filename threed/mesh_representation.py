@@ -23,7 +23,7 @@ from torch import nn
 
 from guidance.schedules import Ramp
 from mesh.dmtet import DMTetGeometry, DMTetSpec, face_normals, laplacian_smoothness, normal_consistency
-from mesh.rasterize import antialias, clip_positions, interpolate, rasterize
+from mesh.rasterize import BACKENDS, antialias, clip_positions, interpolate, rasterize
 from nerf.field import RadianceField
 from threed.cameras import CameraBatch
 from threed.export import EmptyMeshError, ExportSpec, without_small_components
@@ -43,6 +43,8 @@ class MeshStageSpec:
     # What the guidance sees: the colour field's albedo, or the surface's normal map (world normals as
     # (n + 1) / 2, as threestudio's geometry stage renders for Stable Diffusion). Previews show the albedo.
     shading: str = dataclasses.field(default="albedo", metadata={"choices": ("albedo", "normal")})
+    # nvdiffrast's CUDA rasterizer where it can run (auto), always (nvdiffrast), or the PyTorch twin (torch).
+    rasterizer: str = dataclasses.field(default="auto", metadata={"choices": BACKENDS})
     normal_consistency: Ramp = dataclasses.field(default_factory=lambda: Ramp(1.0))
     laplacian: Ramp = dataclasses.field(default_factory=lambda: Ramp(0.0))
 
@@ -105,7 +107,7 @@ class MeshRepresentation(Representation):
         antialiased, rows top to bottom."""
         height, width = cameras.height, cameras.width
         clip = clip_positions(points, cameras.c2w[index], cameras.fovy[index], aspect=width / height)
-        raster = rasterize(clip, faces, height, width)
+        raster = rasterize(clip, faces, height, width, self.spec.rasterizer)
         covered = raster.triangle >= 0
         image = self.background_color.expand(height, width, 3).clone()
         if covered.any():
