@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from scipy import ndimage
 from torch import nn
 
 from mesh.rasterize import face_neighbours
@@ -52,14 +53,21 @@ class DMTetGeometry(nn.Module):
 
     @torch.no_grad()
     def initialize_from_density(self, density: Callable[[torch.Tensor], torch.Tensor], threshold: float,
-                                chunk: int = 65536) -> None:
+                                fill_cavities: bool = True, chunk: int = 65536) -> None:
         """sdf = (threshold - density) / threshold at every grid vertex (``density``: points [N, 3] -> [N]), no
         deformation: marching tetrahedra then finds the surface where the density crosses ``threshold``
-        (any positive scale keeps the linear interpolation's crossing), as a NeRF's export does."""
+        (any positive scale keeps the linear interpolation's crossing), as a NeRF's export does. With
+        ``fill_cavities``, vertices below the threshold that the grid's boundary cannot reach (a NeRF's
+        hollow inside) count as inside, so the surface is the outer one alone, as the export's is."""
         if threshold <= 0:
             raise ValueError(f"the density threshold must be positive, got {threshold}")
         values = torch.cat([density(points) for points in self.grid_vertices.split(chunk)])
         self.sdf.copy_((threshold - values) / threshold)
+        if fill_cavities:
+            side = self.spec.resolution + 1  # the grid's vertices are a lattice, x slowest
+            solid = (self.sdf < 0).view(side, side, side).cpu().numpy()
+            cavity = torch.as_tensor(ndimage.binary_fill_holes(solid) & ~solid, device=self.sdf.device).view(-1)
+            self.sdf[cavity] = -1.0
         self.deformation.zero_()
 
 

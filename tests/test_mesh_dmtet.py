@@ -1,4 +1,5 @@
 """mesh.dmtet: DMTet's geometry on the project's tetrahedral grid, its start from a density, its regularisers."""
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -25,6 +26,21 @@ def test_a_density_starts_the_surface_where_it_crosses_the_threshold(ball):
     assert trimesh.Trimesh(points.detach().numpy(), faces.numpy()).is_watertight
     with pytest.raises(ValueError, match="threshold must be positive"):
         ball.initialize_from_density(ball_density, threshold=0.0)
+
+
+def test_a_hollow_density_starts_the_outer_surface_alone():
+    def shell(points: torch.Tensor) -> torch.Tensor:  # above the threshold between radii 0.15 and 0.35: a hollow ball
+        return 10.0 - 50.0 * ((points.norm(dim=-1) - 0.25).abs())
+
+    surfaces = []
+    for fill in (True, False):
+        geometry = DMTetGeometry(DMTetSpec(resolution=32, half_size=0.5))
+        geometry.initialize_from_density(shell, threshold=5.0, fill_cavities=fill)
+        points, faces = geometry.surface()
+        surfaces.append(trimesh.Trimesh(points.detach().numpy(), faces.numpy()))
+    filled, hollow = surfaces
+    assert len(filled.split(only_watertight=False)) == 1 and len(hollow.split(only_watertight=False)) == 2
+    assert filled.volume == pytest.approx(4 / 3 * np.pi * 0.35**3, rel=0.03)
 
 
 def test_a_loss_on_the_surface_reaches_the_sdf_and_the_deformation(ball):
