@@ -83,6 +83,28 @@ def test_a_killed_mesh_stage_resumes_to_the_same_result(stage_runs, tmp_path, st
         assert torch.equal(resumed["representation"][name], value), name
 
 
+def test_a_stage_exports_and_resumes_without_its_source_runs(stage_runs, tmp_path):
+    """Once a stage has a checkpoint, its folder alone holds what it needs: its source runs may be moved away."""
+    nerf_run, geometry_run, texture_run = stage_runs
+    stopped = tmp_path / "stopped"
+    shutil.copytree(texture_run, stopped)
+    (stopped / "checkpoints" / "step0000004.pt").unlink()  # died after its step-2 checkpoint
+    (stopped / "mesh" / "model.glb").unlink()
+    hidden = [run.rename(run.with_name(run.name + ".moved")) for run in (nerf_run, geometry_run)]
+    try:
+        assert launch.main(["--export", str(stopped), "--format", "glb"]) == 0
+        assert load_mesh(stopped / "mesh" / "model.glb").visual.kind == "texture"
+        assert "shape_gain" not in json.loads((stopped / "mesh" / "shapeworld_score.json").read_text())
+        assert launch.main(["--resume", str(stopped)]) == 0
+    finally:
+        for moved, run in zip(hidden, (nerf_run, geometry_run)):
+            moved.rename(run)
+    resumed, uninterrupted = (load_checkpoint(list_checkpoints(r / "checkpoints")[-1], torch.device("cpu"))
+                              for r in (stopped, texture_run))
+    for name, value in uninterrupted["representation"].items():
+        assert torch.equal(resumed["representation"][name], value), name
+
+
 def test_a_mesh_stage_needs_a_nerf_run_to_start_from(tmp_path, capsys):
     with pytest.raises(ConfigError, match="mesh.start_from=RUN_DIR"):
         load_config("configs/shapeworld-geometry.yaml")

@@ -164,6 +164,9 @@ class FlatColour(Representation):
         ball.visual.vertex_colors = np.append(self.rgb8(), 255)
         return ball
 
+    def albedo(self, points):
+        return torch.sigmoid(self.logit).detach().expand(len(points), 3)
+
 
 def test_the_trainer_and_the_run_know_only_the_representation_interface(fast_overrides, monkeypatch):
     from threed import run as run_module
@@ -171,7 +174,7 @@ def test_the_trainer_and_the_run_know_only_the_representation_interface(fast_ove
     from threed.run import Run
 
     for module in (trainer_module, run_module):
-        monkeypatch.setattr(module, "build_representation", lambda config, device="cpu": FlatColour().to(device))
+        monkeypatch.setattr(module, "build_representation", lambda config, device="cpu", start=True: FlatColour().to(device))
     config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=vsd", "trainer.max_steps=2",
                                                "export.formats=[ply]"])
     run, teacher = Run.start(config)

@@ -24,7 +24,7 @@ from torch import nn
 from guidance.schedules import Ramp
 from mesh.dmtet import DMTetGeometry, DMTetSpec, face_normals, laplacian_smoothness, normal_consistency
 from mesh.rasterize import BACKENDS, antialias, clip_positions, interpolate, rasterize
-from nerf.field import RadianceField
+from nerf.field import FieldSpec, RadianceField
 from threed.cameras import CameraBatch
 from threed.export import EmptyMeshError, ExportSpec, without_small_components
 from threed.representation import RenderedViews, Representation
@@ -55,15 +55,22 @@ class MeshViews(RenderedViews):
 
 
 class FixedSurface(nn.Module):
-    """A surface training does not move (the texture stage's): vertices [M, 3] and triangles [F, 3], as buffers."""
+    """A surface training does not move (the texture stage's): vertices [M, 3] and triangles [F, 3], as buffers.
+    Built empty, it takes the size of the surface a checkpoint loads into it."""
 
-    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor):
+    def __init__(self, vertices: torch.Tensor | None = None, faces: torch.Tensor | None = None):
         super().__init__()
-        self.register_buffer("vertices", vertices.detach().clone())
-        self.register_buffer("faces", faces.clone())
+        self.register_buffer("vertices", torch.zeros(0, 3) if vertices is None else vertices.detach().clone())
+        self.register_buffer("faces", torch.zeros(0, 3, dtype=torch.long) if faces is None else faces.clone())
 
     def surface(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.vertices, self.faces
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, buffer in self._buffers.items():
+            if prefix + name in state_dict:
+                self._buffers[name] = buffer.new_empty(state_dict[prefix + name].shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class MeshRepresentation(Representation):
@@ -76,6 +83,13 @@ class MeshRepresentation(Representation):
         self.geometry = geometry
         self.colour = colour
         self.register_buffer("background_color", torch.tensor(background_color, dtype=torch.float32))
+
+    @classmethod
+    def for_checkpoint(cls, spec: MeshStageSpec, fixed: bool, colour: FieldSpec, background_color: list[float]
+                       ) -> "MeshRepresentation":
+        """The structure a checkpoint of a stage fills (its parameters and its surface), without its source run:
+        DMTet's grid on ``spec.grid``, or an empty fixed surface, and a colour field of spec ``colour``."""
+        return cls(spec, FixedSurface() if fixed else DMTetGeometry(spec.grid), RadianceField(colour), background_color)
 
     @classmethod
     def from_density(cls, spec: MeshStageSpec, field: RadianceField, threshold: float, background_color: list[float],

@@ -5,6 +5,7 @@ tools all go through it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from guidance.teacher import DiffusionTeacher
 from threed.checkpoint import latest_checkpoint
 from threed.config import Config, flat_config, load_config, save_config
 from threed.device import default_device
-from threed.errors import ConfigError
+from threed.errors import ConfigError, RunDirError
 from threed.evaluation import evaluator_for
 from threed.export import TEXTURED_FORMATS, load_mesh, save_mesh, with_texture
 from threed.files import write_json
@@ -40,6 +41,8 @@ class Run:
         empty run folder behind; the folder is a new timestamped one under ``config.outputs``, or ``root``
         (made if missing: the comparison names its cells' folders). The config is saved in it."""
         device = default_device()
+        if config.representation != "nerf":  # a mesh stage's colour field is its source run's field
+            config = dataclasses.replace(config, geometry=load_config(existing_run_folder(config.mesh.start_from).config).geometry)
         teacher = DiffusionTeacher.from_pretrained(config.teacher, device)
         try:
             teacher.canonical_prompt(config.prompt)
@@ -123,12 +126,15 @@ class Run:
         if evaluator is not None:
             # Scored as a viewer shows it: the GLB's texture where one was written.
             score = evaluator.score(load_mesh(self.paths.mesh("glb")) if "glb" in formats else mesh)
-            initial = evaluator.score(self.initial_representation().extract_mesh(self.config.export))
-            score["initial"] = {key: value for key, value in initial.items() if isinstance(value, float)}
-            score["shape_gain"] = 1.0 - score["chamfer"] / initial["chamfer"]
+            try:
+                initial = evaluator.score(self.initial_representation().extract_mesh(self.config.export))
+            except RunDirError as error:  # a mesh stage whose source run is gone: no start to compare with
+                log.warning("no shape gain: the run's start cannot be rebuilt (%s)", error)
+            else:
+                score["initial"] = {key: value for key, value in initial.items() if isinstance(value, float)}
+                score["shape_gain"] = 1.0 - score["chamfer"] / initial["chamfer"]
             write_json(self.paths.score(evaluator.name), score)
-            log.info("%s evaluator: %s (initial chamfer %.4g) (%s)", evaluator.name, evaluator.summary(score),
-                     initial["chamfer"], self.paths.score(evaluator.name))
+            log.info("%s evaluator: %s (%s)", evaluator.name, evaluator.summary(score), self.paths.score(evaluator.name))
 
     def initial_representation(self) -> Representation:
         """The representation as the run's training starts it (step 0), built as the trainer builds it: what

@@ -36,16 +36,20 @@ from threed.video import save_validation_strip
 log = logging.getLogger(__name__)
 
 
-def build_representation(config: Config, device: torch.device | str = "cpu") -> Representation:
-    """The representation a config trains, as its training starts (the one place that chooses it): the
-    hash-grid NeRF, or a mesh stage started from the finished run ``mesh.start_from``."""
+def build_representation(config: Config, device: torch.device | str = "cpu", start: bool = True) -> Representation:
+    """The representation a config trains (the one place that chooses it): the hash-grid NeRF, or a mesh
+    stage. With ``start``, as its training starts (a mesh stage from the finished run ``mesh.start_from``);
+    else the structure a checkpoint of the run fills, which a mesh stage builds without its source run (its
+    config's ``geometry`` is the source's colour field's: ``Run.start`` carries it over)."""
     if config.representation == "nerf":
         return NeRFRepresentation(config.geometry, config.background, config.render, config.regularizers,
                                   config.optim).to(device)
+    fixed = config.representation == "texture"
+    if not start:
+        return MeshRepresentation.for_checkpoint(config.mesh, fixed, config.geometry, config.background.color).to(device)
     source_paths = existing_run_folder(config.mesh.start_from)
     source_config = load_config(source_paths.config)
     source = trained_representation(source_config, source_paths, device)
-    fixed = config.representation == "texture"
     if isinstance(source, NeRFRepresentation):
         # The NeRF run's exported surface (at its export.threshold, its hollows filled as its export fills
         # them) and a copy of its colour field, with the NeRF run's field settings, whatever the stage's say.
@@ -64,7 +68,7 @@ def trained_representation(config: Config, paths: RunPaths, device: torch.device
     if found is None:
         raise RunDirError(f"{paths.root} has no checkpoint yet; train it first (--resume {paths.root})")
     _, state = found
-    representation = build_representation(config, device)
+    representation = build_representation(config, device, start=False)
     representation.load_state_dict(state["representation"])
     ema = make_ema(representation, config.trainer)
     if ema and state.get("ema"):
@@ -145,7 +149,9 @@ class Trainer:
         self.config, self.paths, self.device = config, paths, device
         torch.manual_seed(config.seed)
         torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
-        self.representation = build_representation(config, device)
+        # A run with a checkpoint is resumed from it, so a mesh stage's source run is no longer needed.
+        self.fresh = latest_checkpoint(paths.checkpoints) is None
+        self.representation = build_representation(config, device, start=self.fresh)
         self.guidance = ScoreDistillation(teacher, config.guidance, config.prompt, config.teacher.negative_prompt,
                                           config.teacher.guidance_scale, config.views, cached_sample_bank).to(device)
         groups = self.representation.parameter_groups()
@@ -195,6 +201,9 @@ class Trainer:
     def resume(self) -> None:
         """Continues from the run's latest intact checkpoint, if it has one."""
         found = load_latest_checkpoint(self.paths.checkpoints, self.device)
+        if found is None and not self.fresh:
+            raise RunDirError(f"every checkpoint in {self.paths.checkpoints} is damaged: start the run again "
+                              "(--train, with --from RUN_DIR for a mesh stage)")
         if found is None:
             log.info("no checkpoint in %s: starting from step 0", self.paths.checkpoints)
             return
