@@ -194,7 +194,8 @@ def face_neighbours(faces: torch.Tensor) -> torch.Tensor:
     return neighbours.view(-1, 3)
 
 
-def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: torch.Tensor,
+              neighbours: torch.Tensor | None = None) -> torch.Tensor:
     """``colour`` [H, W, C] with its silhouettes blended, differentiable in ``clip`` [V, 4] through the edges'
     positions. For each pair of horizontal or vertical neighbours showing different surfaces, the front
     one's triangle ends at a fraction a of the way to the other's centre: past the middle (a > 1/2) it
@@ -203,7 +204,8 @@ def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: t
     count, as in nvdiffrast (the triangle across them is missing or faces the other way on screen): where
     the segment leaves the front triangle through an edge inside the surface, the pixels are left alone.
     An edge is blended across the pairs of the axis it is more nearly perpendicular to (horizontal pairs
-    for steep edges, vertical ones for flat edges), so that no pixel's coverage is counted twice."""
+    for steep edges, vertical ones for flat edges), so that no pixel's coverage is counted twice. ``neighbours``:
+    ``face_neighbours(faces)``, when the caller has it (several views of one mesh)."""
     height, width, channels = colour.shape
     screen = _screen(clip, height, width)
     rows, columns = torch.meshgrid(torch.arange(height, device=colour.device), torch.arange(width, device=colour.device),
@@ -213,7 +215,7 @@ def antialias(colour: torch.Tensor, raster: Raster, clip: torch.Tensor, faces: t
     index = torch.arange(height * width, device=colour.device).view(height, width)
     change = torch.zeros_like(flat_colour)
     facing = torch.sign(_screen_area(screen.detach()[faces]))  # [F]: which way each triangle winds on screen
-    neighbours = face_neighbours(faces)
+    neighbours = face_neighbours(faces) if neighbours is None else neighbours
     for across, (first, second) in enumerate(((index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :]))):
         for front, back in ((first.reshape(-1), second.reshape(-1)), (second.reshape(-1), first.reshape(-1))):
             edge = (triangle[front] != triangle[back]) & (triangle[front] >= 0) & (depth[front] < depth[back])

@@ -23,7 +23,7 @@ from torch import nn
 
 from guidance.schedules import Ramp
 from mesh.dmtet import DMTetGeometry, DMTetSpec, face_normals, laplacian_smoothness, normal_consistency
-from mesh.rasterize import BACKENDS, antialias, clip_positions, interpolate, rasterize
+from mesh.rasterize import BACKENDS, antialias, clip_positions, face_neighbours, interpolate, rasterize
 from nerf.field import FieldSpec, RadianceField
 from threed.cameras import CameraBatch
 from threed.export import EmptyMeshError, ExportSpec, without_small_components
@@ -115,10 +115,10 @@ class MeshRepresentation(Representation):
     def trains_geometry(self) -> bool:
         return isinstance(self.geometry, DMTetGeometry)
 
-    def _render_view(self, points: torch.Tensor, faces: torch.Tensor, cameras: CameraBatch, index: int,
-                     shading: str = "albedo") -> tuple[torch.Tensor, torch.Tensor]:
+    def _render_view(self, points: torch.Tensor, faces: torch.Tensor, neighbours: torch.Tensor, cameras: CameraBatch,
+                     index: int, shading: str = "albedo") -> tuple[torch.Tensor, torch.Tensor]:
         """One view's ``shading`` ("albedo" or "normal") over the background [H, W, 3] and coverage [H, W],
-        antialiased, rows top to bottom."""
+        antialiased (``neighbours``: ``face_neighbours(faces)``), rows top to bottom."""
         height, width = cameras.height, cameras.width
         clip = clip_positions(points, cameras.c2w[index], cameras.fovy[index], aspect=width / height)
         raster = rasterize(clip, faces, height, width, self.spec.rasterizer)
@@ -131,13 +131,14 @@ class MeshRepresentation(Representation):
                 shade = self.colour(interpolate(points, raster, faces)[covered])[1]
             image = image.index_put((covered,), shade)
         with_coverage = torch.cat([image, covered[..., None].to(image.dtype)], dim=-1)
-        blended = antialias(with_coverage, raster, clip, faces).flip(0)
+        blended = antialias(with_coverage, raster, clip, faces, neighbours).flip(0)
         return blended[..., :3], blended[..., 3]
 
     def render(self, cameras: CameraBatch, generator: torch.Generator, shading: str | None = None) -> MeshViews:
         """``mesh.shading``'s render (unless ``shading`` names one); ``generator`` draws nothing."""
         points, faces = self.geometry.surface()
-        views = [self._render_view(points, faces, cameras, index, shading or self.spec.shading)
+        neighbours = face_neighbours(faces)
+        views = [self._render_view(points, faces, neighbours, cameras, index, shading or self.spec.shading)
                  for index in range(len(cameras))]
         images, coverage = (torch.stack(parts) for parts in zip(*views))
         return MeshViews(images, coverage, (points, faces))
@@ -161,7 +162,8 @@ class MeshRepresentation(Representation):
     @torch.no_grad()
     def render_images(self, cameras: CameraBatch) -> np.ndarray:
         points, faces = self.geometry.surface()
-        images = [self._render_view(points, faces, cameras, index)[0] for index in range(len(cameras))]
+        neighbours = face_neighbours(faces)
+        images = [self._render_view(points, faces, neighbours, cameras, index)[0] for index in range(len(cameras))]
         return (torch.stack(images).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
     @torch.no_grad()
