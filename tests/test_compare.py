@@ -137,7 +137,8 @@ def test_quality_table_medians_per_method_and_shape():
     lines = markdown(rows, "header").splitlines()
     overall = {line.split(" | ")[1]: line.split(" | ")[3] for line in lines if line.startswith("| **median**")}
     assert overall == {"**sds**": "0.0400", "**vsd**": "0.0450"}  # over all six runs of each method
-    per_shape = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines if line.startswith(("| sds", "| vsd"))}
+    per_shape = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines
+                 if line.startswith(("| sds", "| vsd")) and " / " in line}
     assert per_shape["| sds"] == ["0.70 / 0.0300", "0.50 / 0.0500", "0.0400 |"]
     assert per_shape["| vsd"] == ["0.60 / 0.0400", "0.50 / 0.0500", "0.0450 |"]
 
@@ -175,3 +176,18 @@ def test_quality_table_with_mesh_stages_scores_the_last_stage_beside_stage_one(t
     with caplog.at_level("INFO"):
         quality_table.main(args)
     assert caplog.text.count("finished, skipped") == 1
+
+
+def test_quality_table_pairs_the_methods_on_the_same_prompts_and_seeds():
+    from threed.tools.quality_table import markdown
+
+    rows = [{"prompt": f"a red {shape}", "shape": shape, "method": method, "seed": seed,
+             "chamfer": 0.03 + 0.01 * seed + (0.002 if method == "sds" else 0.0), "initial_chamfer": 0.1,
+             "shape_gain": 0.5, "iou": 0.5, "color_error": 0.05, "wall_time_s": 60.0, "threads": 1}
+            for method in ("uni-instruct:fkl", "sds") for shape in ("cube", "cone") for seed in range(3)]
+    lines = markdown(rows, "header").splitlines()
+    [fkl] = [line.split(" | ") for line in lines if line.startswith("| uni-instruct:fkl | 6 |")]
+    [sds] = [line.split(" | ") for line in lines if line.startswith("| sds | 6 |")]
+    assert fkl[2] == "0.0400 ± 0.0037"  # seeds 0.03, 0.04, 0.05 on each shape: sd 0.00894 over six runs
+    # The seeds differ by far more than the methods, yet every pair says sds is 0.002 worse.
+    assert sds[5] == "+0.0020 ± 0.0000 (0/6)" and sds[6] == "+0.0000 ± 0.0000 (0/6)"
