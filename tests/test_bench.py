@@ -1,6 +1,7 @@
 """The benchmarks: the occupancy benchmark measures one run at several thresholds; the step breakdown names its parts;
 marching tetrahedra meets the true surface."""
 import json
+from pathlib import Path
 
 from threed.tools import bench
 from threed.tools.bench import bench_occupancy
@@ -45,3 +46,17 @@ def test_rasterize_times_the_mesh_against_a_nerf_view(capsys):
         entry = report[resolution]
         assert entry["mesh_ms"] > 0 and entry["nerf_ms"] > 0
         assert abs(entry["mesh_over_nerf"] - entry["mesh_ms"] / entry["nerf_ms"]) < 0.002 + 0.01 * entry["mesh_over_nerf"]
+
+
+def test_export_times_the_surface_the_unwrap_and_the_bake(fast_overrides, capsys):
+    import launch
+
+    assert launch.main(["--config", "configs/tiny.yaml", "--train", *fast_overrides, "trainer.max_steps=2",
+                        "export.formats=[ply]"]) == 0
+    capsys.readouterr()
+    outputs = next(o.split("=", 1)[1] for o in fast_overrides if o.startswith("outputs="))
+    run = next(Path(outputs).glob("tiny/*"))
+    bench.main(["export", str(run), "--texture-size", "64"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["faces"] > 0 and result["texture_size"] == 64
+    assert all(result[part] >= 0 for part in ("surface_s", "unwrap_s", "bake_s"))

@@ -6,6 +6,10 @@
     python -m threed.tools.bench step [--config configs/shapeworld.yaml] [--warmup 5] [--steps 10] [key.path=value ...]
     python -m threed.tools.bench tetrahedra [--resolution 128] [--shapes sphere,torus]
     python -m threed.tools.bench rasterize [--subdivisions 5] [--repeats 3]
+    python -m threed.tools.bench export RUN_DIR [--texture-size 1024]
+
+``export``: seconds for the parts of a finished run's textured export: its surface, xatlas' UV unwrap
+and the bake of its colour into the texture.
 
 ``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
 with dense sampling and with empty-space skipping at the same sample spacing, on a field with
@@ -276,6 +280,29 @@ def bench_tetrahedra(resolution: int, shapes: list[str]) -> dict:
     return report
 
 
+def bench_export(run_dir: str, texture_size: int) -> dict:
+    """The parts of exporting a finished run's textured mesh: the surface, xatlas' unwrap and the bake."""
+    from mesh.texture import bake, unwrap
+    from threed.run import Run
+
+    run = Run.open(run_dir, [f"export.texture_size={texture_size}"])
+    representation = run.trained_representation()
+    spec = run.config.export
+    started = time.perf_counter()
+    mesh = representation.extract_mesh(spec)
+    surface_s = time.perf_counter() - started
+    started = time.perf_counter()
+    layout = unwrap(mesh.vertices, mesh.faces, spec.texture_size, spec.texture_padding)
+    unwrap_s = time.perf_counter() - started
+    points = torch.as_tensor(mesh.vertices[layout.source_vertex], dtype=torch.float32, device=run.device)
+    started = time.perf_counter()
+    bake(points, torch.as_tensor(layout.faces, device=run.device), torch.as_tensor(layout.uv, device=run.device),
+         representation.albedo, spec.texture_size)
+    return {"device": describe(run.device), "representation": run.config.representation, "faces": len(mesh.faces),
+            "texture_size": spec.texture_size, "surface_s": round(surface_s, 2), "unwrap_s": round(unwrap_s, 2),
+            "bake_s": round(time.perf_counter() - started, 2)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -301,13 +328,17 @@ def main(argv: list[str] | None = None) -> None:
     tetrahedra = commands.add_parser("tetrahedra", help="marching tetrahedra's accuracy on canon shapes' exact distances")
     tetrahedra.add_argument("--resolution", type=int, default=128, help="grid cells a side")
     tetrahedra.add_argument("--shapes", default="sphere,torus", help="comma-separated canon shapes")
+    export = commands.add_parser("export", help="the parts of a finished run's textured export: surface, unwrap, bake")
+    export.add_argument("run_dir")
+    export.add_argument("--texture-size", type=int, default=1024)
     args = parser.parse_args(argv)
     run = {"render": lambda: bench_render(args.samples_per_ray, args.repeats), "teacher": lambda: bench_teacher(args.repeats),
            "occupancy": lambda: bench_occupancy(args.config, args.overrides, [float(t) for t in args.thresholds.split(",")],
                                                 args.every, args.views),
            "step": lambda: bench_step(args.config, args.overrides, args.warmup, args.steps),
            "rasterize": lambda: bench_rasterize(args.subdivisions, args.repeats),
-           "tetrahedra": lambda: bench_tetrahedra(args.resolution, args.shapes.split(","))}
+           "tetrahedra": lambda: bench_tetrahedra(args.resolution, args.shapes.split(",")),
+           "export": lambda: bench_export(args.run_dir, args.texture_size)}
     print(json.dumps(run[args.command]()))
 
 
