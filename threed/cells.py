@@ -6,6 +6,7 @@ with another config is refused. The comparison, the quality table and the batch 
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -155,8 +156,10 @@ def plan_cells(config_path: str, overrides: list[str], methods: list[Method], se
             stage_overrides = [*overrides, override("prompt", base.prompt), f"seed={seed}",
                                override("mesh.start_from", str(source.paths.root))]
             stage_config = load_config(stage, stage_overrides)
-            source = Cell(method, seed, RunPaths(folder / f"seed{seed}.{stage_config.name}"),
-                          load_config(stage, [*stage_overrides, *method.overrides(stage_config)]))
+            planned = load_config(stage, [*stage_overrides, *method.overrides(stage_config)])
+            # Its colour field is the source's: Run.start writes the source's field settings into its config.
+            planned = dataclasses.replace(planned, geometry=source.config.geometry)
+            source = Cell(method, seed, RunPaths(folder / f"seed{seed}.{stage_config.name}"), planned)
             cell.stages.append(source)
         cells.append(cell)
     for run in (run for cell in cells for run in (cell, *cell.stages)):
