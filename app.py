@@ -35,7 +35,7 @@ from threed.compare import compare
 from threed.config import MAX_PROMPT_CHARS, Config, load_config, override
 from threed.errors import UserError
 from threed.evaluation import evaluator_for
-from threed.run import Run
+from threed.run import Run, stage_overrides
 from threed.shapeworld.evaluator import register_evaluator
 from threed.trainer import Trainer
 
@@ -99,8 +99,8 @@ class DemoRunner:
 
     def stage_config(self, stage: str, source: Run) -> Config:
         """A mesh stage's config, started from the visitor's finished run ``source``: its prompt, seed and teacher."""
-        carried = [override("mesh.start_from", str(source.paths.root)), override("prompt", source.config.prompt),
-                   f"seed={source.config.seed}", override("teacher.pretrained", source.config.teacher.pretrained), "name=app"]
+        carried = [*stage_overrides(source.paths.root, source.config),
+                   override("teacher.pretrained", source.config.teacher.pretrained), "name=app"]
         return load_config(stage, [*self.overrides, *carried])
 
     def generate(self, prompt, estimator, divergence, steps, seed, resolution, teacher, refine=False,

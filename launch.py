@@ -17,7 +17,7 @@ import sys
 from guidance.teacher import TeacherNotFoundError
 from threed.config import EXPORT_FORMATS, load_config, override
 from threed.errors import UserError
-from threed.run import Run
+from threed.run import Run, stage_overrides
 from threed.run_folder import existing_run_folder
 from threed.runner import CellRunner
 from threed.shapeworld.evaluator import register_evaluator
@@ -114,7 +114,7 @@ def train_stages(args: argparse.Namespace) -> None:
     """--train: a new run of --config, then one of each --then stage, started from the run before it."""
     source = None
     for config_file in [args.config, *args.then]:
-        carried = [override("mesh.start_from", str(source.paths.root)), override("prompt", source.config.prompt)] if source else []
+        carried = stage_overrides(source.paths.root, source.config) if source else []
         run, teacher = Run.start(load_config(config_file, overrides_from(args) + carried))
         log.info("run folder: %s (device: %s)", run.paths.root, run.device)
         try:

@@ -77,18 +77,19 @@ def face_normals(points: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.linalg.cross(b - a, c - a), dim=-1)
 
 
-def shared_edges(faces: torch.Tensor) -> torch.Tensor:
-    """[E, 2] pairs of triangles that share an edge, each pair once."""
-    neighbours = face_neighbours(faces)  # [F, 3]
+def shared_edges(faces: torch.Tensor, neighbours: torch.Tensor | None = None) -> torch.Tensor:
+    """[E, 2] pairs of triangles that share an edge, each pair once (``neighbours``: ``face_neighbours(faces)``
+    [F, 3], when the caller has it)."""
+    neighbours = face_neighbours(faces) if neighbours is None else neighbours
     owner = torch.arange(len(faces), device=faces.device)[:, None].expand_as(neighbours)
     once = neighbours > owner
     return torch.stack([owner[once], neighbours[once]], dim=-1)
 
 
-def normal_consistency(points: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+def normal_consistency(points: torch.Tensor, faces: torch.Tensor, neighbours: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of 1 - cos(angle) between the normals of triangles sharing an edge: 0 for a flat surface."""
     normals = face_normals(points, faces)
-    pairs = shared_edges(faces)
+    pairs = shared_edges(faces, neighbours)
     return (1 - (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(dim=-1)).mean()
 
 

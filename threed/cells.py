@@ -6,7 +6,6 @@ with another config is refused. The comparison, the quality table and the batch 
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import time
@@ -17,10 +16,10 @@ import torch
 
 from guidance.divergences import DIVERGENCES
 from guidance.registry import ESTIMATORS
-from threed.config import Config, flat_config, load_config, override
+from threed.config import Config, flat_config, load_config
 from threed.errors import ConfigError
 from threed.files import write_json
-from threed.run import Run
+from threed.run import Run, stage_overrides, with_source_field
 from threed.run_folder import RunPaths, prompt_slug
 
 
@@ -153,12 +152,9 @@ def plan_cells(config_path: str, overrides: list[str], methods: list[Method], se
                     load_config(config_path, [*overrides, *method.overrides(base), f"seed={seed}"]))
         source = cell
         for stage in stages:
-            stage_overrides = [*overrides, override("prompt", base.prompt), f"seed={seed}",
-                               override("mesh.start_from", str(source.paths.root))]
-            stage_config = load_config(stage, stage_overrides)
-            planned = load_config(stage, [*stage_overrides, *method.overrides(stage_config)])
-            # Its colour field is the source's: Run.start writes the source's field settings into its config.
-            planned = dataclasses.replace(planned, geometry=source.config.geometry)
+            carried = [*overrides, *stage_overrides(source.paths.root, source.config)]
+            stage_config = load_config(stage, carried)
+            planned = with_source_field(load_config(stage, [*carried, *method.overrides(stage_config)]), source.config)
             source = Cell(method, seed, RunPaths(folder / f"seed{seed}.{stage_config.name}"), planned)
             cell.stages.append(source)
         cells.append(cell)

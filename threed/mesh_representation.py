@@ -52,6 +52,7 @@ class MeshStageSpec:
 @dataclasses.dataclass
 class MeshViews(RenderedViews):
     surface: tuple[torch.Tensor, torch.Tensor]  # the rendered surface: vertices [M, 3], triangles [F, 3]
+    neighbours: torch.Tensor  # [F, 3] the triangles' adjacency (mesh.rasterize.face_neighbours)
 
 
 class FixedSurface(nn.Module):
@@ -141,7 +142,7 @@ class MeshRepresentation(Representation):
         views = [self._render_view(points, faces, neighbours, cameras, index, shading or self.spec.shading)
                  for index in range(len(cameras))]
         images, coverage = (torch.stack(parts) for parts in zip(*views))
-        return MeshViews(images, coverage, (points, faces))
+        return MeshViews(images, coverage, (points, faces), neighbours)
 
     def regularizer_losses(self, views: MeshViews, step: int) -> dict[str, torch.Tensor]:
         """The surface's regularisers (none for a fixed surface)."""
@@ -149,8 +150,9 @@ class MeshRepresentation(Representation):
             return {}
         points, faces = views.surface
         weights = {"normal_consistency": self.spec.normal_consistency.at(step), "laplacian": self.spec.laplacian.at(step)}
-        losses = {"normal_consistency": normal_consistency, "laplacian": laplacian_smoothness}
-        return {name: weights[name] * losses[name](points, faces) for name in losses if weights[name] > 0}
+        losses = {"normal_consistency": lambda: normal_consistency(points, faces, views.neighbours),
+                  "laplacian": lambda: laplacian_smoothness(points, faces)}
+        return {name: weights[name] * losses[name]() for name in losses if weights[name] > 0}
 
     def parameter_groups(self) -> list[dict]:
         groups = [{"params": list(self.colour.parameters()), "lr": self.spec.lr_colour}]

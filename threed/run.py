@@ -15,7 +15,7 @@ import torch
 
 from guidance.teacher import DiffusionTeacher
 from threed.checkpoint import latest_checkpoint
-from threed.config import Config, flat_config, load_config, save_config
+from threed.config import Config, flat_config, load_config, override, save_config
 from threed.device import default_device
 from threed.errors import ConfigError, RunDirError
 from threed.evaluation import evaluator_for
@@ -27,6 +27,17 @@ from threed.trainer import Trainer, build_representation, trained_representation
 from threed.video import save_turntable_video
 
 log = logging.getLogger(__name__)
+
+
+def stage_overrides(source_root: Path, source: Config) -> list[str]:
+    """What a mesh stage takes from the finished run it starts from (its folder ``source_root``, its config
+    ``source``): the folder itself, the prompt and the seed."""
+    return [override("mesh.start_from", str(source_root)), override("prompt", source.prompt), f"seed={source.seed}"]
+
+
+def with_source_field(config: Config, source: Config) -> Config:
+    """A mesh stage's config with its source run's field settings: its colour field is the source's field."""
+    return dataclasses.replace(config, geometry=source.geometry)
 
 
 class Run:
@@ -41,8 +52,8 @@ class Run:
         empty run folder behind; the folder is a new timestamped one under ``config.outputs``, or ``root``
         (made if missing: the comparison names its cells' folders). The config is saved in it."""
         device = default_device()
-        if config.representation != "nerf":  # a mesh stage's colour field is its source run's field
-            config = dataclasses.replace(config, geometry=load_config(existing_run_folder(config.mesh.start_from).config).geometry)
+        if config.representation != "nerf":
+            config = with_source_field(config, load_config(existing_run_folder(config.mesh.start_from).config))
         teacher = DiffusionTeacher.from_pretrained(config.teacher, device)
         try:
             teacher.canonical_prompt(config.prompt)
