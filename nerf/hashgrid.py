@@ -6,6 +6,10 @@ grid vertices are looked up (directly while the level's grid fits in its table, 
 XOR-of-primes hash otherwise) and interpolated trilinearly. Parameters are one flat table of
 shape [sum of level sizes, n_features], laid out level after level as tiny-cuda-nn lays them out,
 each level's size rounded up to a multiple of 8 and capped at ``2**log2_hashmap_size``.
+
+Three backends compute the same thing: tiny-cuda-nn's fused kernel on CUDA, this project's fused C
+kernel on the CPU (``nerf/hashgrid_cpu.py``), and the PyTorch ops below, which run anywhere, give
+gradients with respect to the points too, and are the reference the others are tested against.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from nerf import hashgrid_cpu
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,8 @@ class HashGridSpec:
     log2_hashmap_size: int = field(default=19, metadata={"range": (8, 24)})
     base_resolution: int = field(default=16, metadata={"range": (2, None)})
     finest_resolution: int = field(default=4096, metadata={"range": (2, None)})
-    backend: str = field(default="auto", metadata={"choices": ("auto", "torch", "tcnn")})  # auto: tcnn on CUDA if installed
+    # auto: tiny-cuda-nn on CUDA if installed, the fused C kernel on the CPU if a compiler builds it, else torch.
+    backend: str = field(default="auto", metadata={"choices": ("auto", "torch", "tcnn", "cpu")})
 
     @property
     def per_level_scale(self) -> float:
@@ -94,9 +101,23 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """points: [N, 3] in [0, 1] -> features [N, n_levels * n_features_per_level]."""
-        if points.is_cuda and self.spec.backend != "torch" and tcnn_available():
+        if points.is_cuda and self.spec.backend in ("auto", "tcnn") and tcnn_available():
             return self._tcnn_forward(points)
+        if self._fused_cpu_applies(points):
+            return self._fused_cpu_forward(points)
         return self._torch_forward(points)
+
+    def _fused_cpu_applies(self, points: torch.Tensor) -> bool:
+        """The C kernel takes float32 CPU tensors and differentiates with respect to the table only."""
+        return (self.spec.backend in ("auto", "cpu") and not points.is_cuda and points.dtype == self.table.dtype == torch.float32
+                and not (points.requires_grad and torch.is_grad_enabled()) and hashgrid_cpu.available())
+
+    def _fused_cpu_forward(self, points: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "_cpu_levels"):
+            levels = hashgrid_cpu.LevelTables(self.level_scales, self.level_sizes, self.level_offsets,
+                                              self.dense_strides[:, 1], self.n_dense_levels)
+            object.__setattr__(self, "_cpu_levels", levels)  # constants, not state: kept out of state dicts
+        return hashgrid_cpu.FusedLookup.apply(self.table, points, self._cpu_levels)
 
     def _tcnn_forward(self, points: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "_tcnn"):

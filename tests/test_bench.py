@@ -1,10 +1,14 @@
 """The benchmarks: the occupancy benchmark measures one run at several thresholds; the step breakdown names its parts;
-marching tetrahedra meets the true surface."""
+marching tetrahedra meets the true surface; the hash grid's baseline is the same lookup."""
 import json
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from nerf.hashgrid import HashGridEncoding, HashGridSpec
 from threed.tools import bench
-from threed.tools.bench import bench_occupancy
+from threed.tools.bench import bench_occupancy, plain_hash_grid
 
 
 def test_a_higher_occupancy_threshold_evaluates_fewer_samples_of_the_same_run(fast_overrides):
@@ -60,3 +64,13 @@ def test_export_times_the_surface_the_unwrap_and_the_bake(fast_overrides, capsys
     result = json.loads(capsys.readouterr().out)
     assert result["faces"] > 0 and result["texture_size"] == 64
     assert all(result[part] >= 0 for part in ("surface_s", "unwrap_s", "bake_s"))
+
+
+def test_the_plain_loop_baseline_computes_the_hash_grids_lookup():
+    """The hashgrid benchmark compares like with like: the plain loop gives the encoding's features."""
+    torch.manual_seed(0)
+    encoding = HashGridEncoding(HashGridSpec(n_levels=6, log2_hashmap_size=12, base_resolution=4, finest_resolution=256,
+                                             backend="torch"))
+    nn.init.uniform_(encoding.table, -1, 1)
+    points = torch.rand(500, 3)
+    torch.testing.assert_close(plain_hash_grid(encoding, points), encoding(points), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,8 @@
 import importlib.util
+import itertools
+import logging
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -7,11 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from nerf import hashgrid_cpu
 from nerf.field import FieldSpec, RadianceField
 from nerf.hashgrid import HASH_PRIMES, HashGridEncoding, HashGridSpec
 from nerf.rays import Rays, intersect_box
 from nerf.renderer import RenderSpec, render_rays, render_rays_chunked
 from threed.cameras import make_cameras
+from threed.config import load_config
+from threed.errors import ConfigError
 
 
 def reference_encoding(encoding: HashGridEncoding, point: list[float]) -> torch.Tensor:
@@ -35,14 +41,69 @@ def reference_encoding(encoding: HashGridEncoding, point: list[float]) -> torch.
     return torch.cat(features)
 
 
-def test_hash_grid_matches_the_pointwise_reference():
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_hash_grid_matches_the_pointwise_reference(backend):
     torch.manual_seed(0)
-    encoding = HashGridEncoding(HashGridSpec(n_levels=6, log2_hashmap_size=10, base_resolution=4, finest_resolution=128))
+    encoding = HashGridEncoding(HashGridSpec(n_levels=6, log2_hashmap_size=10, base_resolution=4, finest_resolution=128,
+                                             backend=backend))
     nn.init.uniform_(encoding.table, -1, 1)
     points = torch.rand(20, 3)
     points[0] = torch.tensor([0.0, 1.0, 0.5])  # faces of the unit cube
     expected = torch.stack([reference_encoding(encoding, p.tolist()) for p in points])
     torch.testing.assert_close(encoding(points), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [HashGridSpec(), HashGridSpec(n_levels=6, n_features_per_level=4, log2_hashmap_size=12,
+                                                                 base_resolution=4, finest_resolution=256)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_cpu_kernel_matches_the_pytorch_grid(spec, threads, monkeypatch):
+    """Features and the table's gradient, with the points split between threads or not."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    fused, reference = HashGridEncoding(replace(spec, backend="cpu")), HashGridEncoding(replace(spec, backend="torch"))
+    nn.init.uniform_(fused.table, -1, 1)
+    reference.load_state_dict(fused.state_dict())
+    points = torch.rand(20000, 3)
+    points[:8] = torch.tensor(list(itertools.product((0.0, 1.0), repeat=3)))  # the corners of the unit cube
+    upstream = torch.randn(len(points), fused.n_output_dims)
+    features, expected = fused(points), reference(points)
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
+    (features * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(fused.table.grad, reference.table.grad, rtol=1e-5, atol=1e-5)
+    assert fused.table.grad.abs().sum() > 0
+
+
+def test_fused_cpu_kernel_leaves_point_gradients_to_pytorch():
+    """Normals by autograd need the features' gradient with respect to the points: the PyTorch path gives it."""
+    torch.manual_seed(0)
+    field = RadianceField(FieldSpec(grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64),
+                                    normal_method="autograd"))
+    nn.init.uniform_(field.encoding.table, -1, 1)
+    points = (torch.rand(50, 3) - 0.5) * 0.5
+    normals = field.normals(points)
+    assert torch.isfinite(normals).all() and torch.allclose(normals.norm(dim=-1), torch.ones(50), atol=1e-4)
+    reference = RadianceField(replace(field.spec, grid=replace(field.spec.grid, backend="torch")))
+    reference.load_state_dict(field.state_dict())
+    torch.testing.assert_close(normals, reference.normals(points))
+
+
+def test_hash_grid_without_a_c_compiler_falls_back_to_pytorch(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("THREED_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    hashgrid_cpu.kernel.cache_clear()
+    try:
+        encoding = HashGridEncoding(HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64))
+        points = torch.rand(100, 3)
+        with caplog.at_level(logging.WARNING):
+            features = encoding(points)
+        assert "no-such-compiler failed" in caplog.text
+        assert not hashgrid_cpu.available()
+        torch.testing.assert_close(features, encoding._torch_forward(points))
+        with pytest.raises(ConfigError, match="geometry.grid.backend=cpu"):
+            load_config("configs/tiny.yaml", ["geometry.grid.backend=cpu"])
+    finally:
+        hashgrid_cpu.kernel.cache_clear()
 
 
 def test_hash_grid_layout_follows_tiny_cuda_nn():

@@ -32,6 +32,7 @@ from guidance.teacher import TeacherSpec
 from nerf.background import BackgroundSpec
 from nerf.field import FieldSpec
 from mesh.rasterize import nvdiffrast_available
+from nerf import hashgrid_cpu
 from nerf.hashgrid import tcnn_available
 from nerf.renderer import RenderSpec
 from threed.cameras import CameraSpec, TurntableSpec
@@ -239,6 +240,9 @@ def validate(config: Config) -> None:
     if config.geometry.grid.backend == "tcnn" and not tcnn_available():
         raise ConfigError("geometry.grid.backend=tcnn needs tiny-cuda-nn and a CUDA device, and this machine lacks "
                           "one: use geometry.grid.backend=auto (tiny-cuda-nn where it can run) or torch")
+    if config.geometry.grid.backend == "cpu" and not hashgrid_cpu.available():
+        raise ConfigError("geometry.grid.backend=cpu needs the fused C kernel, which no C compiler could build here "
+                          "(see the warning above; set CC to a compiler): use geometry.grid.backend=auto or torch")
     if not config.outputs.strip() or ".." in Path(config.outputs).parts:
         raise ConfigError(f"outputs = {config.outputs!r} is not a usable folder: give a folder without '..', "
                           f"e.g. --outputs outputs")

@@ -1,6 +1,7 @@
 """Benchmarks, printed as one JSON object.
 
     python -m threed.tools.bench render [--samples-per-ray 64] [--repeats 2]
+    python -m threed.tools.bench hashgrid [--points 262144] [--repeats 3]
     python -m threed.tools.bench teacher [--repeats 3]
     python -m threed.tools.bench occupancy [--config configs/shapeworld.yaml] [--thresholds 0.01,0.4] [--every 100] [key.path=value ...]
     python -m threed.tools.bench step [--config configs/shapeworld.yaml] [--warmup 5] [--steps 10] [key.path=value ...]
@@ -14,7 +15,13 @@ and the bake of its colour into the texture.
 ``render``: milliseconds for the forward plus backward pass of one view at 64 x 64 and 256 x 256,
 with dense sampling and with empty-space skipping at the same sample spacing, on a field with
 ProlificDreamer's hash grid whose occupied volume is a sphere of radius 0.35 in the box
-[-1, 1]^3; and the hash grid's forward-plus-backward throughput in points per second.
+[-1, 1]^3.
+
+``hashgrid``: forward-plus-backward throughput, in points per second, of ProlificDreamer's hash grid
+(16 levels, 2 features, 2^19 entries) on ``--points`` random points, for each backend this machine
+runs (``torch``; ``cpu``, the fused C kernel; ``tcnn`` on CUDA) and for a plain per-level loop of the
+same lookup (int64 indices, one gather per level and corner, trilinear weights), side by side in one
+process; each backend's ratio to the plain loop.
 
 ``teacher``: milliseconds for one training step of the ShapeWorld teacher (the ``small``
 architecture, a batch of 32: ``TeacherTrainer.train_step``) and for one classifier-free-guided U-Net
@@ -47,6 +54,8 @@ fine within a cell of it, moved onto it along the distance's gradient.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import platform
 import resource
@@ -59,7 +68,8 @@ import torch
 import trimesh
 
 from nerf.field import FieldSpec, RadianceField
-from nerf.hashgrid import HashGridEncoding, HashGridSpec
+from nerf import hashgrid_cpu
+from nerf.hashgrid import HASH_PRIMES, HashGridEncoding, HashGridSpec, tcnn_available
 from nerf.occupancy import OccupancyGrid
 from nerf.renderer import RenderSpec, render_rays
 from threed.cameras import CameraBatch, make_cameras, sample_cameras
@@ -125,10 +135,52 @@ def bench_render(samples_per_ray: int, repeats: int) -> dict:
         dense = timed_ms(render_step(field, resolution, spec, None, device), repeats, device)
         skip = timed_ms(render_step(field, resolution, spec, field.occupancy, device), repeats, device)
         result[f"res{resolution}"] = {"dense_ms": round(dense, 1), "skip_ms": round(skip, 1), "speedup": round(dense / skip, 2)}
-    encoding = HashGridEncoding(HashGridSpec()).to(device)
-    points = torch.rand(2**18, 3, device=device)
-    hashgrid_ms = timed_ms(lambda: encoding(points).sum().backward(), repeats, device)
-    result["hashgrid_points_per_s"] = round(points.shape[0] / (hashgrid_ms / 1000))
+    return result
+
+
+def plain_hash_grid(encoding: HashGridEncoding, points: torch.Tensor) -> torch.Tensor:
+    """The baseline: the encoding's lookup written as a plain loop over levels and corners.
+
+    points: [N, 3] in [0, 1] -> features [N, L * F], as ``encoding`` computes them (tested)."""
+    spec, primes = encoding.spec, torch.tensor(HASH_PRIMES, device=points.device)
+    features = []
+    for level, (scale, resolution, size, offset) in enumerate(zip(
+            spec.level_scales(), spec.level_resolutions(), spec.level_sizes(), encoding.level_offsets.tolist())):
+        scaled = points * scale + 0.5
+        low = scaled.floor()
+        frac, low = scaled - low, low.long()
+        level_features = 0
+        for corner in itertools.product((0, 1), repeat=3):
+            side = torch.tensor(corner, device=points.device)
+            coords = low + side
+            if level < encoding.n_dense_levels:
+                index = coords[:, 0] + coords[:, 1] * resolution + coords[:, 2] * resolution**2
+            else:
+                index = (coords[:, 0] * primes[0]) ^ (coords[:, 1] * primes[1]) ^ (coords[:, 2] * primes[2])
+            weight = torch.where(side.bool(), frac, 1.0 - frac).prod(-1, keepdim=True)
+            level_features = level_features + weight * encoding.table[offset + index % size]
+        features.append(level_features)
+    return torch.cat(features, dim=-1)
+
+
+def bench_hashgrid(n_points: int, repeats: int) -> dict:
+    device = default_device()
+    points = torch.rand(n_points, 3, device=device, generator=torch.Generator(device).manual_seed(0))
+    backends = ["torch"] + (["cpu"] * hashgrid_cpu.available() if device.type == "cpu" else ["tcnn"] * tcnn_available())
+    result = {"device": describe(device), "points": n_points}
+    encodings = {"plain_loop": HashGridEncoding(HashGridSpec()).to(device)}
+    encodings.update({backend: HashGridEncoding(HashGridSpec(backend=backend)).to(device) for backend in backends})
+    for name, encoding in encodings.items():
+        lookup = functools.partial(plain_hash_grid, encoding) if name == "plain_loop" else encoding
+
+        def forward_backward():
+            encoding.table.grad = None
+            lookup(points).sum().backward()
+
+        milliseconds = timed_ms(forward_backward, repeats, device)
+        result[f"{name}_points_per_s"] = round(n_points / (milliseconds / 1000))
+    for backend in backends:
+        result[f"{backend}_vs_plain_loop"] = round(result[f"{backend}_points_per_s"] / result["plain_loop_points_per_s"], 2)
     return result
 
 
@@ -306,9 +358,12 @@ def bench_export(run_dir: str, texture_size: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    render = commands.add_parser("render", help="volume rendering and hash-grid speed")
+    render = commands.add_parser("render", help="volume rendering, dense and with empty-space skipping")
     render.add_argument("--samples-per-ray", type=int, default=64)
     render.add_argument("--repeats", type=int, default=2)
+    hashgrid = commands.add_parser("hashgrid", help="the hash grid's backends against a plain per-level loop")
+    hashgrid.add_argument("--points", type=int, default=2**18)
+    hashgrid.add_argument("--repeats", type=int, default=3)
     teacher = commands.add_parser("teacher", help="ShapeWorld teacher training and sampling speed, fp32 and bf16")
     teacher.add_argument("--repeats", type=int, default=3)
     occupancy = commands.add_parser("occupancy", help="samples and render time of a real run at several occupancy thresholds")
@@ -333,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--texture-size", type=int, default=1024)
     args = parser.parse_args(argv)
     run = {"render": lambda: bench_render(args.samples_per_ray, args.repeats), "teacher": lambda: bench_teacher(args.repeats),
+           "hashgrid": lambda: bench_hashgrid(args.points, args.repeats),
            "occupancy": lambda: bench_occupancy(args.config, args.overrides, [float(t) for t in args.thresholds.split(",")],
                                                 args.every, args.views),
            "step": lambda: bench_step(args.config, args.overrides, args.warmup, args.steps),
