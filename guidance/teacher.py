@@ -66,6 +66,9 @@ class TeacherSpec:
     # The networks' precision on CUDA (the CPU uses fp32). bf16 needs no loss scaling for the estimators
     # that backpropagate through the U-Nets; with fp16 the trainer scales their loss (torch.amp.GradScaler).
     precision: str = field(default="bf16", metadata={"choices": tuple(PRECISIONS)})
+    # The U-Nets' precision in distillation on the CPU: fp32, or bf16 autocast (fp32 weights, bf16 matrix
+    # products); auto: bf16 where the CPU has AMX units, fp32 elsewhere. The sample bank is drawn in fp32.
+    cpu_precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16")})
 
 
 class DiffusionTeacher(nn.Module):
@@ -100,6 +103,8 @@ class DiffusionTeacher(nn.Module):
         except OSError as error:
             raise TeacherNotFoundError(f"cannot load teacher {name!r}: {why_not_loaded(name, error)}") from None
         teacher.to(device).cast_networks(PRECISIONS[spec.precision] if device.type == "cuda" else torch.float32)
+        if device.type == "cpu":
+            teacher.unet.to(memory_format=torch.channels_last)
         return teacher
 
     def cast_networks(self, dtype: torch.dtype) -> "DiffusionTeacher":

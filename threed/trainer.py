@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from guidance.teacher import DiffusionTeacher
 from threed.cameras import CameraBatch, sample_cameras
 from threed.checkpoint import checkpoint_path, latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
 from threed.config import Config, TrainerSpec, load_config
+from threed.device import cpu_autocast
 from threed.errors import ConfigError, NonFiniteLossError, RunDirError
 from threed.files import save_torch, write_text
 from threed.mesh_representation import MeshRepresentation
@@ -163,6 +165,7 @@ class Trainer:
         # Gradients through fp16 U-Nets underflow without loss scaling (torch.amp's rule); a no-op otherwise.
         fp16 = teacher.dtype == torch.float16
         self.loss_scalers = {name: torch.amp.GradScaler(device.type, enabled=fp16) for name in ("representation", "guidance")}
+        self.autocast = functools.partial(cpu_autocast, device, config.teacher.cpu_precision)
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.metrics = MetricsLog(paths.metrics)
         self.step = 0
@@ -227,7 +230,7 @@ class Trainer:
             self.representation.prepare_step(self.step, self.generator)
         with record_function("step.render"):
             _, rendered, views = self.render_training_views(self.step, self.generator)
-        with record_function("step.guidance"):
+        with record_function("step.guidance"), self.autocast():
             out = self.guidance(views, self.step, self.generator)
         with record_function("step.regularizers"):
             generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
@@ -254,7 +257,7 @@ class Trainer:
         self._step(self.guidance_optimizer, out.auxiliary_losses, parameters, scaler, "step.guidance_update")
         if out.auxiliary_losses:
             for _ in range(self.config.guidance.fake_score.updates_per_step - 1):
-                with record_function("step.guidance_update.losses"):
+                with record_function("step.guidance_update.losses"), self.autocast():
                     losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.generator)
                 self._step(self.guidance_optimizer, losses, parameters, scaler, "step.guidance_update")
 
