@@ -7,6 +7,7 @@
     python launch.py --export RUN_DIR --format obj
     python launch.py --compare --config configs/tiny.yaml --prompt "a red vase" --methods uni-instruct:fkl,vsd,sds --seeds 0,1
     python launch.py --batch prompts.txt --config configs/shapeworld.yaml --workers 2   # Ray tasks, one CPU each
+    torchrun --nproc-per-node 2 launch.py --config configs/shapeworld.yaml --train   # one run, its views on 2 GPUs
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import sys
 
 from guidance.teacher import TeacherNotFoundError
+from threed import distributed
 from threed.config import EXPORT_FORMATS, load_config, override
 from threed.errors import UserError
 from threed.run import Run, stage_overrides
@@ -128,15 +130,22 @@ def train_stages(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    ranks = distributed.start_from_environment()  # several processes under torchrun
+    quiet = not ranks.is_main  # rank 0 speaks for the run
+    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
     register_evaluator()  # ShapeWorld prompts are scored (mesh/shapeworld_score.json)
     try:
+        if ranks.world_size > 1 and not (args.train or args.resume):
+            raise UserError("under torchrun, launch.py trains one run on several processes: use --train or --resume "
+                            "(run --compare, --batch, --test and --export as one process)")
         execute(args)
     except (UserError, TeacherNotFoundError) as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error{f' (rank {ranks.rank})' if quiet else ''}: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.stop()
     return 0
 
 

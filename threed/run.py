@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from guidance.teacher import DiffusionTeacher
+from threed import distributed
 from threed.checkpoint import latest_checkpoint
 from threed.config import Config, flat_config, load_config, override, save_config
 from threed.device import default_device
@@ -59,13 +60,13 @@ class Run:
             teacher.canonical_prompt(config.prompt)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        if root is None:
-            paths = create_run_folder(config.outputs, config.name, config.prompt)
-        else:
-            paths = RunPaths(Path(root))
-            paths.root.mkdir(parents=True, exist_ok=True)
-        save_config(config, paths.config)
-        return cls(config, paths, device), teacher
+        ranks = distributed.current()  # under torchrun, rank 0 makes the folder and the others join it
+        if ranks.is_main:
+            if root is None:
+                root = create_run_folder(config.outputs, config.name, config.prompt).root
+            Path(root).mkdir(parents=True, exist_ok=True)
+            save_config(config, RunPaths(Path(root)).config)
+        return cls(config, RunPaths(Path(ranks.from_main(root))), device), teacher
 
     @classmethod
     def open(cls, run_dir: str | Path, overrides: list[str] = ()) -> "Run":
@@ -102,7 +103,9 @@ class Run:
         ``on_log`` gets each metrics record and the trainer. Returns the finished trainer."""
         trainer = self.trainer(teacher, resume)
         trainer.fit(stop_requested, lambda record: on_log(record, trainer))
-        self.export(trainer.output_representation().eval(), formats or self.config.export.formats)
+        if trainer.ranks.is_main:
+            self.export(trainer.output_representation().eval(), formats or self.config.export.formats)
+        trainer.ranks.barrier()  # a next stage on every rank starts from what rank 0 wrote
         return trainer
 
     def trained_representation(self) -> Representation:
@@ -112,7 +115,7 @@ class Run:
 
     def discard_if_unstarted(self) -> None:
         """Removes the run folder if no checkpoint was ever written to it: a start that failed leaves nothing behind."""
-        if latest_checkpoint(self.paths.checkpoints) is None:
+        if latest_checkpoint(self.paths.checkpoints) is None and distributed.current().is_main:
             shutil.rmtree(self.paths.root, ignore_errors=True)
             log.info("removed %s: the run stopped before its first checkpoint", self.paths.root)
 

@@ -26,7 +26,9 @@ from guidance.teacher import DiffusionTeacher
 from threed.cameras import CameraBatch, sample_cameras
 from threed.checkpoint import checkpoint_path, latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
 from threed.config import Config, TrainerSpec, load_config
+from threed import distributed
 from threed.device import cpu_autocast
+from threed.distributed import VIEW_SEED_STRIDE, Ranks
 from threed.errors import ConfigError, NonFiniteLossError, RunDirError
 from threed.files import save_torch, write_text
 from threed.mesh_representation import MeshRepresentation
@@ -146,9 +148,10 @@ class MetricsLog:
 class Trainer:
     """One run's representation, optimiser and guidance. The teacher is loaded by the caller (and may be reused)."""
 
-    def __init__(self, config: Config, paths: RunPaths, teacher: DiffusionTeacher):
+    def __init__(self, config: Config, paths: RunPaths, teacher: DiffusionTeacher, ranks: Ranks | None = None):
         device = teacher.device
         self.config, self.paths, self.device = config, paths, device
+        self.ranks = ranks or distributed.current()  # several under torchrun: see threed.distributed
         torch.manual_seed(config.seed)
         torch.use_deterministic_algorithms(config.trainer.deterministic, warn_only=True)
         # A run with a checkpoint is resumed from it, so a mesh stage's source run is no longer needed.
@@ -166,7 +169,9 @@ class Trainer:
         fp16 = teacher.dtype == torch.float16
         self.loss_scalers = {name: torch.amp.GradScaler(device.type, enabled=fp16) for name in ("representation", "guidance")}
         self.autocast = functools.partial(cpu_autocast, device, config.teacher.cpu_precision)
+        # The stream every rank shares (the occupancy grid's updates) and this rank's own (its views' draws).
         self.generator = torch.Generator(device).manual_seed(config.seed)
+        self.view_generator = self.ranks.view_generator(self.generator, config.seed)
         self.metrics = MetricsLog(paths.metrics)
         self.step = 0
         # Wall seconds of training in the run's earlier, interrupted sessions (up to the resumed
@@ -180,7 +185,8 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema else None, "guidance": self.guidance.trainable_state_dict(),
                 "guidance_optimizer": self.guidance_optimizer.state_dict() if self.guidance_optimizer else None,
                 "loss_scalers": {name: scaler.state_dict() for name, scaler in self.loss_scalers.items()},
-                "generator": self.generator.get_state(), "training_s": self.training_seconds()}
+                "generator": self.generator.get_state(), "training_s": self.training_seconds(),
+                "view_generators": self.ranks.gather(self.view_generator.get_state()) if self.ranks.world_size > 1 else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
@@ -195,7 +201,18 @@ class Trainer:
             if scaler_state:  # a disabled scaler's state is empty
                 self.loss_scalers[name].load_state_dict(scaler_state)
         self.generator.set_state(state["generator"].cpu())
+        if self.ranks.world_size > 1:
+            self._load_view_generator(state.get("view_generators") or [])
         self.earlier_sessions_s = state.get("training_s", 0.0)  # absent in checkpoints before 2026-11-23
+
+    def _load_view_generator(self, states: list[torch.Tensor]) -> None:
+        """This rank's stream from a checkpoint written by as many ranks; otherwise a fresh one for the step."""
+        if len(states) == self.ranks.world_size:
+            self.view_generator.set_state(states[self.ranks.rank].cpu())
+            return
+        log.warning("the checkpoint holds %d ranks' random streams and this run has %d ranks: each rank's views "
+                    "draw from a new stream", len(states), self.ranks.world_size)
+        self.view_generator.manual_seed(self.config.seed + VIEW_SEED_STRIDE * (self.ranks.rank + 1) + self.step)
 
     def training_seconds(self) -> float:
         """Wall seconds spent training up to ``self.step``, over every session of the run."""
@@ -212,7 +229,8 @@ class Trainer:
             return
         path, state = found
         self.load_state_dict(state)
-        self.metrics.drop_after(self.step)
+        if self.ranks.is_main:
+            self.metrics.drop_after(self.step)
         log.info("resumed from %s (step %d)", path, self.step)
 
     def render_training_views(self, step: int, generator: torch.Generator,
@@ -229,9 +247,9 @@ class Trainer:
         with record_function("step.prepare"):
             self.representation.prepare_step(self.step, self.generator)
         with record_function("step.render"):
-            _, rendered, views = self.render_training_views(self.step, self.generator)
+            _, rendered, views = self.render_training_views(self.step, self.view_generator)
         with record_function("step.guidance"), self.autocast():
-            out = self.guidance(views, self.step, self.generator)
+            out = self.guidance(views, self.step, self.view_generator)
         with record_function("step.regularizers"):
             generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
         scale_learning_rates(self.optimizer, self.base_lrs, self.config.optim.lr_scale.at(self.step))
@@ -258,19 +276,20 @@ class Trainer:
         if out.auxiliary_losses:
             for _ in range(self.config.guidance.fake_score.updates_per_step - 1):
                 with record_function("step.guidance_update.losses"), self.autocast():
-                    losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.generator)
+                    losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.view_generator)
                 self._step(self.guidance_optimizer, losses, parameters, scaler, "step.guidance_update")
 
-    @staticmethod
-    def _step(optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor],
+    def _step(self, optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor],
               scaler: torch.amp.GradScaler, label: str) -> None:
-        """Backpropagates ``losses`` (scaled, where ``scaler`` is enabled) into ``parameters`` only, then steps
-        their optimiser (none without losses); the two parts are profiled as ``label.backward`` and ``label.optimizer``."""
+        """Backpropagates ``losses`` (scaled, where ``scaler`` is enabled) into ``parameters`` only, averages the
+        gradients over the ranks, then steps their optimiser (none without losses); the parts are profiled as
+        ``label.backward`` and ``label.optimizer``."""
         if not losses:
             return
         optimizer.zero_grad(set_to_none=True)
         with record_function(f"{label}.backward"):
             scaler.scale(sum(losses.values())).backward(inputs=parameters)
+            self.ranks.average_gradients(parameters)
         with record_function(f"{label}.optimizer"):
             scaler.step(optimizer)
             scaler.update()
@@ -287,7 +306,9 @@ class Trainer:
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         trained = [*self.representation.parameters(), *self.guidance.trainable_parameters()]
         self.session_started, first_step = time.perf_counter(), self.step
-        with tqdm(total=spec.max_steps, initial=self.step, desc="train", dynamic_ncols=True) as progress:
+        checkpointed_step = self.step if checkpoint_path(self.paths.checkpoints, self.step).exists() else None
+        with tqdm(total=spec.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                  disable=not self.ranks.is_main) as progress:
             while self.step < spec.max_steps and not stop_requested():
                 result = self.training_step()
                 nonfinite |= ~torch.isfinite(sum(result.losses.values()))
@@ -298,15 +319,16 @@ class Trainer:
                     record = self._log(result, (self.step - first_step) / (time.perf_counter() - self.session_started))
                     progress.set_postfix(loss=f"{record['loss']:.4g}")
                     on_log(record)
-                if self.step % spec.val_every == 0:
+                if self.step % spec.val_every == 0 and self.ranks.is_main:
                     self.save_validation()
                 if self.step % spec.checkpoint_every == 0:
                     self.save_checkpoint(nonfinite)
-        if not checkpoint_path(self.paths.checkpoints, self.step).exists():
+                    checkpointed_step = self.step
+        if checkpointed_step != self.step:
             self.save_checkpoint(nonfinite)
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
-        if nonfinite.item():
+        if self.ranks.any(nonfinite).item():  # every rank stops together
             last = latest_checkpoint(self.paths.checkpoints)
             raise NonFiniteLossError(
                 f"the loss or the parameters became NaN or infinite before step {self.step}; no checkpoint was "
@@ -320,13 +342,18 @@ class Trainer:
         record = {"step": self.step, "loss": sum(values.values()), "losses": values, "it_per_s": steps_per_second}
         if result.diagnostics:
             record["diagnostics"] = {name: value.item() for name, value in result.diagnostics.items()}
-        self.metrics.append(record)
+        if self.ranks.is_main:  # rank 0's views' losses stand for the step's
+            self.metrics.append(record)
         return record
 
     def save_checkpoint(self, nonfinite: torch.Tensor) -> None:
+        """Written by rank 0 (with every rank's random stream); every rank takes part."""
         self._check_finite(nonfinite)
-        save_checkpoint(self.state_dict(), self.paths.checkpoints, self.step)
-        prune_checkpoints(self.paths.checkpoints, self.config.trainer.keep_checkpoints)
+        state = self.state_dict()
+        if self.ranks.is_main:
+            save_checkpoint(state, self.paths.checkpoints, self.step)
+            prune_checkpoints(self.paths.checkpoints, self.config.trainer.keep_checkpoints)
+        self.ranks.barrier()  # no rank reads a checkpoint before it is written
 
     def save_validation(self) -> None:
         spec = self.config.trainer
