@@ -240,7 +240,9 @@ def check_prompt_and_steps(prompt: str, steps: float) -> None:
 def status(record: dict, config: Config) -> str:
     done, total = record["step"], config.trainer.max_steps
     remaining = (total - done) / max(record["it_per_s"], 1e-9)
-    return f"Step {done} / {total} · loss {record['loss']:.4g} · {record['it_per_s']:.2f} it/s · about {remaining:.0f} s left"
+    ratio = f" · density ratio off its clamps in {record['ratio']['off_clamps']:.0%} of views" if "ratio" in record else ""
+    return (f"Step {done} / {total} · loss {record['loss']:.4g} · {record['it_per_s']:.2f} it/s{ratio} · "
+            f"about {remaining:.0f} s left")
 
 
 def build_demo(runner: DemoRunner) -> gr.Blocks:

@@ -20,6 +20,7 @@ from guidance.divergences import DIVERGENCES, get_divergence
 from guidance.estimators import EstimatorOptions, NoisedSample, RatioSpec, Scores
 from guidance.fake_score import FakeScore, FakeScoreSpec
 from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index, view_prompt
+from guidance.ratio_diagnostics import RatioReading
 from guidance.registry import ESTIMATOR_NAMES, ESTIMATORS
 from guidance.sample_bank import SampleBankSpec, draw_sample_bank
 from guidance.schedules import Ramp, SwitchSpec
@@ -87,12 +88,14 @@ def once_per_input(network: Callable[[torch.Tensor], T]) -> Callable[[torch.Tens
     """``network`` evaluated once per input within one training step, however many of its outputs
     (the fake U-Net's eps and the logit; the teacher's score for an estimator and for SiD's
     normaliser) are asked for. Inputs are the same when they share storage and shape (``x_t`` and
-    ``x_t.detach()``) and are both with or both without autograd: a call that must carry the graph
-    never reuses one that does not."""
+    ``x_t.detach()``); a call that must carry the graph never reuses one that does not, and one that need
+    not reuses one that does (the ratio's diagnostics read the estimator's own logit)."""
     cache: dict[tuple, T] = {}
 
     def evaluate(x_t: torch.Tensor) -> T:
-        key = (x_t.data_ptr(), tuple(x_t.shape), torch.is_grad_enabled() and x_t.requires_grad)
+        same_input = (x_t.data_ptr(), tuple(x_t.shape))
+        key = (*same_input, torch.is_grad_enabled() and x_t.requires_grad)
+        key = (*same_input, True) if (*same_input, True) in cache else key
         if key not in cache:
             cache[key] = network(x_t)
         return cache[key]
@@ -117,6 +120,7 @@ class GuidanceOutput:
     timesteps: torch.Tensor  # [B] the sampled teacher timesteps
     latents: torch.Tensor  # [B, C, h, w] the encoded renders, detached: input to further auxiliary updates
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # logged, not trained on
+    ratio: RatioReading | None = None  # with a discriminator: the ratio at these renders (RatioMonitor sums it up)
 
 
 class ScoreDistillation(nn.Module):
@@ -209,9 +213,20 @@ class ScoreDistillation(nn.Module):
         if adversarial_weight > 0:
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(scores.logit(sample.x_t))
         latents = sample.x0.detach()
+        ratio = self.ratio_reading(sample, scores, t, step) if self.discriminator is not None else None
         with record_function("guidance.auxiliary_losses"):
             auxiliary, diagnostics = self.auxiliary_losses(latents, views, generator) if self.fake_score else ({}, {})
-        return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics)
+        return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics, ratio)
+
+    @torch.no_grad()
+    def ratio_reading(self, sample: NoisedSample, scores: Scores, t: torch.Tensor, step: int) -> RatioReading:
+        """The density ratio at this step's noisy renders, as the f-divergence weight sees it (the estimator's
+        own logit: no further network call where it asked for one)."""
+        logit = scores.logit(sample.x_t.detach()).float()
+        low, high = estimators.at_clamps(logit, self.spec.ratio)
+        h, _ = estimators.divergence_weights(get_divergence(self.spec.divergence_at(step)),
+                                             estimators.density_ratio(logit, self.spec.ratio), self.spec.ratio)
+        return RatioReading(t, h, low, high)
 
     def estimator_loss(self, sample: NoisedSample, scores: Scores, estimator: str, divergence: str) -> torch.Tensor:
         """The named estimator's loss (``guidance.registry``) with its time weight, for ``divergence`` where it uses one."""

@@ -85,6 +85,18 @@ def density_ratio(logit: torch.Tensor, spec: RatioSpec) -> torch.Tensor:
     return ratio.clamp(*spec.ratio_clamp) if spec.ratio_clamp is not None else ratio
 
 
+def at_clamps(logit: torch.Tensor, spec: RatioSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """d [B] -> (at the lower clamp, at the upper clamp) [B] booleans: where ``density_ratio`` is cut off, so
+    its value says only that the discriminator is sure."""
+    ratio = torch.exp(logit.clamp(*spec.logit_clamp) if spec.logit_clamp is not None else logit)
+    low, high = torch.zeros_like(logit, dtype=torch.bool), torch.zeros_like(logit, dtype=torch.bool)
+    if spec.logit_clamp is not None:
+        low, high = low | (logit <= spec.logit_clamp[0]), high | (logit >= spec.logit_clamp[1])
+    if spec.ratio_clamp is not None:
+        low, high = low | (ratio <= spec.ratio_clamp[0]), high | (ratio >= spec.ratio_clamp[1])
+    return low, high
+
+
 def per_sample(values: torch.Tensor) -> torch.Tensor:
     """[B, ...] -> [B], summed over every element of a sample."""
     return values.flatten(1).sum(dim=1)

@@ -48,6 +48,13 @@ def test_run_leaves_config_checkpoints_metrics_validation_video_and_meshes(finis
     assert [record["step"] for record in metrics] == [2, 4, 6]
     assert all(np.isfinite(record["loss"]) and record["it_per_s"] > 0 for record in metrics)
     assert all(0.1 <= record["diagnostics"]["density_ratio"] <= 20.0 for record in metrics)  # uni-instruct's r
+    config = load_config(run / "config.yaml")
+    for record in metrics:  # the ratio at the guidance's own renders, summed up over the two steps since the last
+        ratio = record["ratio"]
+        assert ratio["views"] == 2 * config.camera.batch_size
+        assert 0 <= ratio["at_low_clamp"] + ratio["at_high_clamp"] <= 1 and ratio["off_clamps"] <= 1
+        assert sum(band["views"] for band in ratio["h_by_t"].values()) == ratio["views"]
+        assert all(band["mean"] > 0 and band["std"] >= 0 for band in ratio["h_by_t"].values())
     assert sorted(p.name for p in (run / "validation").iterdir()) == ["step0000003.png", "step0000006.png"]
     assert (run / "turntable.mp4").stat().st_size > 0
     for file_format in ("obj", "glb", "ply"):

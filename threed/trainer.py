@@ -21,6 +21,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from guidance.distillation import GuidanceOutput, ScoreDistillation, ViewBatch
+from guidance.ratio_diagnostics import RatioMonitor
 from guidance.sample_bank import SampleBankSpec, bank_key, draw_sample_bank
 from guidance.teacher import DiffusionTeacher
 from threed.cameras import CameraBatch, sample_cameras
@@ -173,6 +174,7 @@ class Trainer:
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.view_generator = self.ranks.view_generator(self.generator, config.seed)
         self.metrics = MetricsLog(paths.metrics)
+        self.ratio_monitor = RatioMonitor(teacher.num_train_timesteps)
         self.step = 0
         # Wall seconds of training in the run's earlier, interrupted sessions (up to the resumed
         # checkpoint); this session's are counted from the start of ``fit``.
@@ -250,6 +252,7 @@ class Trainer:
             _, rendered, views = self.render_training_views(self.step, self.view_generator)
         with record_function("step.guidance"), self.autocast():
             out = self.guidance(views, self.step, self.view_generator)
+        self.ratio_monitor.add(out.ratio)
         with record_function("step.regularizers"):
             generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
         scale_learning_rates(self.optimizer, self.base_lrs, self.config.optim.lr_scale.at(self.step))
@@ -342,6 +345,9 @@ class Trainer:
         record = {"step": self.step, "loss": sum(values.values()), "losses": values, "it_per_s": steps_per_second}
         if result.diagnostics:
             record["diagnostics"] = {name: value.item() for name, value in result.diagnostics.items()}
+        ratio = self.ratio_monitor.summary()  # the steps since the last record
+        if ratio:
+            record["ratio"] = ratio
         if self.ranks.is_main:  # rank 0's views' losses stand for the step's
             self.metrics.append(record)
         return record

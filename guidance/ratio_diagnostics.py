@@ -1,0 +1,56 @@
+"""What the density ratio told the f-divergence weight during a run, summed up between two metrics records.
+
+At each step with a discriminator the guidance reads, at its own noisy renders (its own t), the clamped
+ratio r = exp(d), whether d or r sat at a clamp, and the weight h(r) of the configured divergence
+(``RatioReading``). A ratio at its clamp carries no information (h is a constant there); ``RatioMonitor``
+reports the fraction of views at either clamp and the mean and spread of h in bands of t.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RatioReading:
+    """One step's views, detached: t [B] integer timesteps, h [B] the divergence's weight h(r), and whether r
+    sat at its lower or upper clamp [B]."""
+
+    t: torch.Tensor
+    h: torch.Tensor
+    at_low_clamp: torch.Tensor
+    at_high_clamp: torch.Tensor
+
+
+class RatioMonitor:
+    """Accumulates readings (on their device, no synchronisation) and sums them up at each metrics record."""
+
+    def __init__(self, num_train_timesteps: int, bands: int = 4):
+        self.num_train_timesteps, self.bands = num_train_timesteps, bands
+        self.readings: list[RatioReading] = []
+
+    def add(self, reading: RatioReading | None) -> None:
+        if reading is not None:
+            self.readings.append(reading)
+
+    def summary(self) -> dict | None:
+        """{"views", "at_low_clamp", "at_high_clamp", "off_clamps": fractions of the views, "h_by_t": {"lo-hi":
+        {"views", "mean", "std"}} per band of t with views} of the readings since the last summary (then
+        forgotten); None without any."""
+        if not self.readings:
+            return None
+        t, h, low, high = (torch.cat([getattr(r, name) for r in self.readings]).detach().cpu().double()
+                           for name in ("t", "h", "at_low_clamp", "at_high_clamp"))
+        self.readings = []
+        summary = {"views": len(t), "at_low_clamp": low.mean().item(), "at_high_clamp": high.mean().item(),
+                   "off_clamps": 1.0 - (low + high).clamp(max=1).mean().item(), "h_by_t": {}}
+        width = self.num_train_timesteps / self.bands
+        band = (t / width).floor().clamp(0, self.bands - 1)
+        for index in range(self.bands):
+            in_band = h[band == index]
+            if len(in_band):
+                name = f"{round(index * width)}-{round((index + 1) * width) - 1}"
+                summary["h_by_t"][name] = {"views": len(in_band), "mean": in_band.mean().item(),
+                                           "std": in_band.std(correction=0).item()}
+        return summary
