@@ -16,7 +16,7 @@ from scipy import ndimage
 from torch import nn
 
 from mesh.rasterize import face_neighbours
-from mesh.tetrahedra import marching_tetrahedra, tetrahedral_grid
+from mesh.tetrahedra import marching_tetrahedra, tetrahedral_grid, unique_pairs
 
 
 @dataclass
@@ -96,7 +96,7 @@ def normal_consistency(points: torch.Tensor, faces: torch.Tensor, neighbours: to
 def laplacian_smoothness(points: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of every vertex from the mean of its neighbours (uniform weights)."""
     edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges = torch.unique(torch.cat([edges, edges.flip(1)]), dim=0)  # both directions, once each
+    edges, _ = unique_pairs(torch.cat([edges, edges.flip(1)]), len(points))  # both directions, once each
     total = torch.zeros_like(points).index_add(0, edges[:, 0], points[edges[:, 1]])
     degree = torch.zeros(len(points), device=points.device).index_add(0, edges[:, 0], torch.ones(len(edges), device=points.device))
     mean = total / degree.clamp_min(1)[:, None]

@@ -5,7 +5,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from mesh.tetrahedra import marching_tetrahedra, tetrahedral_grid
+from mesh.tetrahedra import marching_tetrahedra, tetrahedral_grid, unique_pairs
 
 
 def signed_volumes(vertices: torch.Tensor, tets: torch.Tensor) -> torch.Tensor:
@@ -69,3 +69,10 @@ def test_an_sdf_without_a_crossing_gives_an_empty_mesh():
     assert points.shape == (0, 3) and faces.shape == (0, 3)
     with pytest.raises(ValueError, match="resolution of at least 1"):
         tetrahedral_grid(0)
+
+
+def test_unique_pairs_agrees_with_unique_over_rows():
+    pairs = torch.randint(0, 50, (2000, 2), generator=torch.Generator().manual_seed(0))
+    expected, expected_inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    distinct, inverse = unique_pairs(pairs, 50)
+    assert torch.equal(distinct, expected) and torch.equal(inverse, expected_inverse)
