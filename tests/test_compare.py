@@ -32,13 +32,18 @@ def test_comparison_writes_grids_and_tables_and_skips_finished_cells(fast_overri
     assert float(rows[0]["diversity"]) > 0 and float(rows[0]["wall_time_s"]) > 0
     from threed.shapeworld.evaluator import evaluate_mesh  # the table's numbers: the evaluator's seed means
 
+    scores_by_method = []
     for row, label in zip(rows, ("uni-instruct-fkl", "sds")):
         scores = [evaluate_mesh(load_mesh(root / label / f"seed{seed}" / "mesh" / "model.glb"),
                                 "a red cube") for seed in (0, 1)]
+        scores_by_method.append(scores)
         for key in ("chamfer", "iou", "color_error"):
             assert float(row[key]) == pytest.approx(np.mean([score[key] for score in scores]), rel=1e-9), key
     table = (root / "table.md").read_text()
     assert "| uni-instruct:fkl |" in table and "means over the seeds" in table
+    chamfer_differences = [b["chamfer"] - a["chamfer"] for a, b in zip(*scores_by_method)]  # sds - fkl, seed by seed
+    assert f"{np.mean(chamfer_differences):+.4f} ± {np.std(chamfer_differences, ddof=1) / np.sqrt(2):.4f}" in table
+    assert "paired differences from uni-instruct:fkl" in table
 
     caplog.clear()
     with caplog.at_level("INFO"):

@@ -24,6 +24,7 @@ from threed.cells import Cell, Method, plan_cells
 from threed.evaluation import evaluator_for
 from threed.export import load_mesh
 from threed.mesh_metrics import chamfer, surface_samples
+from threed.paired_statistics import paired_comparison
 from threed.runner import CellRunner
 from threed.video import write_mp4
 
@@ -77,7 +78,7 @@ def diversity(meshes: list[trimesh.Trimesh]) -> float | None:
 
 def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Path) -> None:
     evaluator = evaluator_for(prompt)
-    rows = []
+    rows, runs = [], []  # a row per method; the evaluator's numbers of each run, for the paired statistics
     for method in methods:
         mine = [c for c in cells if c.method == method]
         meshes = [load_mesh(c.mesh) for c in mine]
@@ -86,6 +87,7 @@ def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Pa
         if evaluator is not None:
             scores = [evaluator.score(mesh) for mesh in meshes]
             row.update({key: float(np.mean([s[key] for s in scores])) for key in ("chamfer", "iou", "color_error")})
+            runs += [{"method": method.label, "prompt": prompt, "seed": cell.seed, **score} for cell, score in zip(mine, scores)]
         row["diversity"] = diversity(meshes)
         rows.append(row)
     columns = list(rows[0])
@@ -101,4 +103,6 @@ def write_tables(cells: list[Cell], methods: list[Method], prompt: str, root: Pa
     lines += ["| " + " | ".join(cell_text(row[c]) for c in columns) + " |" for row in rows]
     caption = (f"Prompt: {prompt}. Wall time and the evaluator's numbers are means over the seeds; diversity is "
                "the mean pairwise Chamfer distance between the seeds' meshes.")
+    if len(methods) > 1 and runs:
+        lines += paired_comparison(runs, [method.label for method in methods])
     (root / "table.md").write_text(caption + "\n\n" + "\n".join(lines) + "\n")

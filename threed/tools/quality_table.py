@@ -26,6 +26,7 @@ from threed.cells import Cell, Method, parse_methods, parse_seeds, plan_cells
 from threed.config import override
 from threed.errors import UserError
 from threed.export import load_mesh
+from threed.paired_statistics import paired_comparison
 from threed.run import Run
 from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
@@ -104,44 +105,6 @@ def markdown(rows: list[dict], header: str) -> str:
     if "stage1_chamfer" in rows[0]:
         lines += stage_comparison(rows, methods, shapes)
     return "\n".join(lines) + "\n"
-
-
-def mean_and_error(values: list[float]) -> tuple[float, float]:
-    """The mean and its standard error (the sample standard deviation over sqrt(n); nan for one value)."""
-    values = np.asarray(values, dtype=np.float64)
-    error = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return float(values.mean()), float(error)
-
-
-PAIRED = (("chamfer", "Chamfer", -1), ("iou", "IoU", 1), ("color_error", "colour error", -1))  # key, name, better sign
-
-
-def paired_comparison(rows: list[dict], methods: list[str]) -> list[str]:
-    """Markdown lines: each method's means over all its runs with their standard errors, and its differences
-    from the first method on the same prompts and seeds (paired: mean difference, standard error, and in how
-    many pairs it was the better)."""
-    reference = methods[0]
-    by_run = {(r["method"], r["prompt"], r["seed"]): r for r in rows}
-    lines = ["", f"Means over prompts and seeds (± standard error), and paired differences from {reference} on the "
-                 "same prompt and seed (± standard error; pairs where the method is the better):", "",
-             "| method | runs | Chamfer | IoU | colour error | " + " | ".join(f"{name} − {reference}" for _, name, _ in PAIRED) + " |",
-             "|---|---|" + "---|" * (3 + len(PAIRED))]
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        means = [mean_and_error([r[key] for r in mine]) for key, _, _ in PAIRED]
-        differences = []
-        for key, _, better in PAIRED:
-            pairs = [(r[key], by_run[(reference, r["prompt"], r["seed"])][key]) for r in mine
-                     if (reference, r["prompt"], r["seed"]) in by_run]
-            if method == reference or not pairs:
-                differences.append("")
-                continue
-            mean, error = mean_and_error([a - b for a, b in pairs])
-            wins = sum(better * (a - b) > 0 for a, b in pairs)
-            differences.append(f"{mean:+.4f} ± {error:.4f} ({wins}/{len(pairs)})")
-        lines.append(f"| {method} | {len(mine)} | " + " | ".join(f"{m:.4f} ± {e:.4f}" for m, e in means) + " | "
-                     + " | ".join(differences) + " |")
-    return lines
 
 
 def stage_comparison(rows: list[dict], methods: list[str], shapes: list[str]) -> list[str]:
