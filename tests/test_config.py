@@ -85,3 +85,10 @@ def test_override_round_trips_any_prompt(prompt):
     from threed.config import override
 
     assert load_config("configs/tiny.yaml", [override("prompt", prompt)]).prompt == prompt
+
+
+def test_batch_normalised_ratio_weights_need_more_than_one_view():
+    """h / mean(h) over one view is 1: every divergence would silently be VSD."""
+    with pytest.raises(ConfigError, match="camera.batch_size=1"):
+        load_config("configs/tiny.yaml", ["guidance.ratio.normalize=true", "camera.batch_size=1"])
+    assert load_config("configs/tiny.yaml", ["guidance.ratio.normalize=true", "camera.batch_size=2"]).guidance.ratio.normalize

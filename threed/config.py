@@ -240,6 +240,10 @@ def validate(config: Config) -> None:
     if config.geometry.grid.backend == "tcnn" and not tcnn_available():
         raise ConfigError("geometry.grid.backend=tcnn needs tiny-cuda-nn and a CUDA device, and this machine lacks "
                           "one: use geometry.grid.backend=auto (tiny-cuda-nn where it can run) or torch")
+    if config.guidance.ratio.normalize and config.camera.batch_size == 1:
+        raise ConfigError("guidance.ratio.normalize divides h by its mean over the step's views, and with camera.batch_size=1 "
+                          "that makes h = 1 for every divergence (VSD): set camera.batch_size to 2 or more, or "
+                          "guidance.ratio.normalize=false")
     if config.geometry.grid.backend == "cpu" and not hashgrid_cpu.available():
         raise ConfigError("geometry.grid.backend=cpu needs the fused C kernel, which no C compiler could build here "
                           "(see the warning above; set CC to a compiler): use geometry.grid.backend=auto or torch")
