@@ -20,7 +20,7 @@ from guidance.divergences import DIVERGENCES, get_divergence
 from guidance.estimators import EstimatorOptions, NoisedSample, RatioSpec, Scores
 from guidance.fake_score import FakeScore, FakeScoreSpec
 from guidance.prompts import VIEWS, PromptEmbeddings, ViewPromptSpec, view_index, view_prompt
-from guidance.ratio_diagnostics import RatioReading
+from guidance.ratio_diagnostics import RatioReading, RunningMeans
 from guidance.registry import ESTIMATOR_NAMES, ESTIMATORS
 from guidance.sample_bank import SampleBankSpec, draw_sample_bank
 from guidance.schedules import Ramp, SwitchSpec
@@ -141,6 +141,9 @@ class ScoreDistillation(nn.Module):
             variants = [view_prompt(prompt, v) for v in VIEWS] if views.enabled else [prompt]
             bank = bank_source(teacher, variants, negative_prompt, spec.sample_bank)
             self.register_buffer("sample_bank", bank, persistent=False)  # [V, N, C, h, w]
+        ratio = spec.ratio
+        self.running_means = RunningMeans(teacher.num_train_timesteps, ratio.running_bands, ratio.running_decay).to(
+            teacher.device) if ratio.running_mean and self.discriminator is not None else None
         if spec.gradient_checkpointing:
             teacher.unet.enable_gradient_checkpointing()
             if self.fake_score is not None:
@@ -164,6 +167,8 @@ class ScoreDistillation(nn.Module):
             state["fake_score"] = self.fake_score.trainable_state_dict()
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
+        if self.running_means is not None:
+            state["ratio_running_means"] = self.running_means.state_dict()
         return state
 
     def load_trainable_state_dict(self, state: dict) -> None:
@@ -171,6 +176,8 @@ class ScoreDistillation(nn.Module):
             self.fake_score.load_trainable_state_dict(state["fake_score"])
         if self.discriminator is not None:
             self.discriminator.load_state_dict(state["discriminator"])
+        if self.running_means is not None and "ratio_running_means" in state:  # else they start afresh
+            self.running_means.load_state_dict(state["ratio_running_means"])
 
     def sample_timesteps(self, batch: int, step: int, generator: torch.Generator) -> torch.Tensor:
         n = self.teacher.num_train_timesteps
@@ -207,8 +214,9 @@ class ScoreDistillation(nn.Module):
         t, sample = self.noised_sample(views, step, generator)
         scores = self.scores(views, t, sample.sigma, step)
         estimator = self.spec.estimator_at(step)
+        h_scale = self.running_h_scale(sample, scores, t, step) if ESTIMATORS[estimator].uses_divergence else None
         generator_losses = {estimator: self.spec.weight.at(step) * self.estimator_loss(
-            sample, scores, estimator, self.spec.divergence_at(step))}
+            sample, scores, estimator, self.spec.divergence_at(step), h_scale)}
         adversarial_weight = self.spec.adversarial_weight.at(step)
         if adversarial_weight > 0:
             generator_losses["adversarial"] = adversarial_weight * adversarial_loss(scores.logit(sample.x_t))
@@ -228,10 +236,22 @@ class ScoreDistillation(nn.Module):
                                              estimators.density_ratio(logit, self.spec.ratio), self.spec.ratio)
         return RatioReading(t, h, low, high)
 
-    def estimator_loss(self, sample: NoisedSample, scores: Scores, estimator: str, divergence: str) -> torch.Tensor:
-        """The named estimator's loss (``guidance.registry``) with its time weight, for ``divergence`` where it uses one."""
+    def running_h_scale(self, sample: NoisedSample, scores: Scores, t: torch.Tensor, step: int) -> torch.Tensor | None:
+        """With ``ratio.running_mean``: this step's h at its renders taken into the running means of its bands of t,
+        and each view's band mean [B], which divides its h. The logit is evaluated as the estimators ask for it
+        (with its graph), so they reuse it."""
+        if self.running_means is None:
+            return None
+        logit = scores.logit(sample.x_t).detach()
+        h = get_divergence(self.spec.divergence_at(step)).h(estimators.density_ratio(logit, self.spec.ratio))
+        return self.running_means.update(t, h)
+
+    def estimator_loss(self, sample: NoisedSample, scores: Scores, estimator: str, divergence: str,
+                       h_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The named estimator's loss (``guidance.registry``) with its time weight, for ``divergence`` where it uses
+        one (its h divided by ``h_scale`` [B] where given)."""
         entry = ESTIMATORS[estimator]
-        options = EstimatorOptions(get_divergence(divergence), self.spec.ratio, self.spec.alpha_sid)
+        options = EstimatorOptions(get_divergence(divergence), self.spec.ratio, self.spec.alpha_sid, h_scale)
         return entry.loss(sample, scores, self._time_weight(entry.time_weight, sample, scores.teacher), options)
 
     @torch.no_grad()

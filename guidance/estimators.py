@@ -62,7 +62,12 @@ class RatioSpec:
 
     logit_clamp: list[float] | None = field(default_factory=lambda: [-10.0, 10.0])
     ratio_clamp: list[float] | None = field(default_factory=lambda: [0.1, 20.0])
-    normalize: bool = False  # divide h (and r h') by the batch mean of h
+    normalize: bool = False  # divide h (and r h') by the batch mean of h (needs several views a step)
+    # Divide h (and r h') by a running mean of h in its band of t instead (f-distill's recipe; safe at one view a
+    # step): the mean of each of ``running_bands`` equal bands of t, decayed by ``running_decay`` a step.
+    running_mean: bool = False
+    running_bands: int = field(default=4, metadata={"range": (1, 100)})
+    running_decay: float = field(default=0.95, metadata={"range": (0.0, 1.0)})
 
 
 EXACT_RATIO = RatioSpec(logit_clamp=None, ratio_clamp=None, normalize=False)
@@ -75,6 +80,7 @@ class EstimatorOptions:
     divergence: Divergence | None = None
     ratio: RatioSpec = field(default_factory=RatioSpec)
     alpha_sid: float = 1.2
+    h_scale: torch.Tensor | None = None  # [B] divisors of h from its running means (``ratio.running_mean``)
 
 
 def density_ratio(logit: torch.Tensor, spec: RatioSpec) -> torch.Tensor:
@@ -112,11 +118,13 @@ def inject_gradient(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return per_sample(grad.detach() * x).mean()
 
 
-def divergence_weights(divergence: Divergence, ratio: torch.Tensor, spec: RatioSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h(r), r h'(r)), each [B], both divided by the batch mean of h when the spec normalises."""
+def divergence_weights(divergence: Divergence, ratio: torch.Tensor, spec: RatioSpec,
+                       h_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h(r), r h'(r)), each [B], both divided by the batch mean of h when the spec normalises, or by
+    ``h_scale`` [B] (running means of h) where given."""
     h, r_dh = divergence.h(ratio), ratio * divergence.dh(ratio)
-    if spec.normalize:
-        scale = h.mean().detach()
+    scale = h.mean().detach() if spec.normalize else h_scale
+    if scale is not None:
         h, r_dh = h / scale, r_dh / scale
     return h, r_dh
 
@@ -147,7 +155,8 @@ def f_distill(sample: NoisedSample, scores: Scores, weight: torch.Tensor, option
     x_t = sample.x_t.detach()
     with torch.no_grad():
         y = scores.fake(x_t) - scores.teacher(x_t)
-        h, _ = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio)
+        h, _ = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio,
+                                  options.h_scale)
     return di_type(sample, y, h, weight)
 
 
@@ -161,7 +170,8 @@ def uni_instruct(sample: NoisedSample, scores: Scores, weight: torch.Tensor, opt
     x_t = sample.x_t
     s_q, s_p = scores.teacher(x_t), scores.fake(x_t)
     y = s_p - s_q
-    h, r_dh = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio)
+    h, r_dh = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio,
+                                 options.h_scale)
     surrogate = (h - r_dh) * per_sample(y**2) - 2 * h * per_sample(y * (s_p - sample.conditional_score(x_t)))
     return (weight * surrogate).mean()
 

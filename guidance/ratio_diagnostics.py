@@ -1,4 +1,5 @@
-"""What the density ratio told the f-divergence weight during a run, summed up between two metrics records.
+"""What the density ratio told the f-divergence weight during a run, summed up between two metrics records;
+and the running means of h per band of t that may normalise it.
 
 At each step with a discriminator the guidance reads, at its own noisy renders (its own t), the clamped
 ratio r = exp(d), whether d or r sat at a clamp, and the weight h(r) of the configured divergence
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -54,3 +56,32 @@ class RatioMonitor:
                 summary["h_by_t"][name] = {"views": len(in_band), "mean": in_band.mean().item(),
                                            "std": in_band.std(correction=0).item()}
         return summary
+
+
+class RunningMeans(nn.Module):
+    """A running mean of h in each of ``bands`` equal bands of t (f-distill normalises h by it): each step
+    moves a band's mean toward the mean of its views' h by 1 - ``decay``; a band's first views set it."""
+
+    def __init__(self, num_train_timesteps: int, bands: int, decay: float):
+        super().__init__()
+        self.num_train_timesteps, self.decay = num_train_timesteps, decay
+        self.register_buffer("means", torch.ones(bands))
+        self.register_buffer("seen", torch.zeros(bands, dtype=torch.bool))
+
+    def band(self, t: torch.Tensor) -> torch.Tensor:
+        """t [B] integer timesteps -> [B] band indices."""
+        return (t * len(self.means) // self.num_train_timesteps).clamp(0, len(self.means) - 1).long()
+
+    @torch.no_grad()
+    def update(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Takes this step's h [B] at t [B] into the means; returns each view's band mean [B], this step's included."""
+        bands = self.band(t).to(self.means.device)
+        h = h.detach().to(self.means)
+        total = torch.zeros_like(self.means).index_add_(0, bands, h)
+        count = torch.zeros_like(self.means).index_add_(0, bands, torch.ones_like(h))
+        present = count > 0
+        batch_mean = total / count.clamp_min(1)
+        moved = torch.where(self.seen, self.decay * self.means + (1 - self.decay) * batch_mean, batch_mean)
+        self.means.copy_(torch.where(present, moved, self.means))
+        self.seen |= present
+        return self.means[bands].clamp_min(1e-8)

@@ -170,13 +170,28 @@ def test_uni_instruct_trains_on_a_pixel_space_teacher(fast_overrides, tmp_path):
 @pytest.mark.parametrize("estimator, teacher_calls, fake_calls", [
     ("vsd", 1, 2),  # estimator and SiD normaliser share the teacher call; fake: estimator, denoising loss
     ("uni-instruct", 2, 3),  # the estimator's teacher call carries the graph; fake: eps + logit once, renders, bank
+    ("f-distill", 1, 3),  # the logit (for the running means, then the estimator) at the renders, renders, bank
 ])
 def test_each_network_runs_once_per_input_in_a_step(fast_overrides, estimator, teacher_calls, fake_calls):
     config = load_config("configs/tiny.yaml", [*fast_overrides, f"guidance.estimator={estimator}",
-                                               "guidance.normalize_per_sample=true"])
+                                               "guidance.normalize_per_sample=true", "guidance.ratio.running_mean=true"])
     trainer = make_trainer(config)
     calls = {"teacher": 0, "fake": 0}
     trainer.guidance.teacher.unet.register_forward_hook(lambda *_: calls.__setitem__("teacher", calls["teacher"] + 1))
     trainer.guidance.fake_score.unet.register_forward_hook(lambda *_: calls.__setitem__("fake", calls["fake"] + 1))
     trainer.training_step()
     assert calls == {"teacher": teacher_calls, "fake": fake_calls}
+
+
+def test_running_means_of_h_scale_the_weight_and_resume_with_the_run(fast_overrides):
+    config = load_config("configs/tiny.yaml", [*fast_overrides, "guidance.estimator=uni-instruct", "camera.batch_size=1",
+                                               "guidance.ratio.running_mean=true", "guidance.ratio.running_decay=0.5"])
+    trainer = make_trainer(config)
+    running = trainer.guidance.running_means
+    for _ in range(3):
+        assert all(torch.isfinite(value) for value in trainer.training_step().losses.values())
+    assert running.seen.any() and not torch.equal(running.means[running.seen], torch.ones(int(running.seen.sum())))
+    state = trainer.guidance.trainable_state_dict()
+    restored = make_trainer(config)
+    restored.guidance.load_trainable_state_dict(state)
+    assert torch.equal(restored.guidance.running_means.means, running.means)

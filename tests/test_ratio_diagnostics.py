@@ -3,8 +3,9 @@ import math
 
 import torch
 
-from guidance.estimators import RatioSpec, at_clamps
-from guidance.ratio_diagnostics import RatioMonitor, RatioReading
+from guidance.divergences import get_divergence
+from guidance.estimators import RatioSpec, at_clamps, divergence_weights
+from guidance.ratio_diagnostics import RatioMonitor, RatioReading, RunningMeans
 
 
 def test_clamps_are_found_on_the_logit_and_on_the_ratio():
@@ -43,3 +44,20 @@ def test_the_demo_status_shows_how_often_the_ratio_is_off_its_clamps():
     record = {"step": 2, "loss": 1.0, "it_per_s": 1.0}
     assert "clamps" not in app.status(record, config)
     assert "off its clamps in 75% of views" in app.status({**record, "ratio": {"off_clamps": 0.75}}, config)
+
+
+def test_running_means_start_at_a_bands_first_views_then_decay_toward_each_steps_mean():
+    means = RunningMeans(num_train_timesteps=1000, bands=2, decay=0.5)
+    scale = means.update(torch.tensor([100, 200]), torch.tensor([2.0, 4.0]))  # both in band 0
+    assert scale.tolist() == [3.0, 3.0] and means.means.tolist() == [3.0, 1.0] and means.seen.tolist() == [True, False]
+    scale = means.update(torch.tensor([300, 900]), torch.tensor([5.0, 7.0]))
+    assert scale.tolist() == [4.0, 7.0]  # band 0: 0.5 * 3 + 0.5 * 5; band 1 seen for the first time
+
+
+def test_h_divided_by_given_scales_keeps_the_weights_ratio():
+    ratio = torch.tensor([0.5, 2.0])
+    fkl = get_divergence("fkl")
+    h, r_dh = divergence_weights(fkl, ratio, RatioSpec())
+    scaled_h, scaled_r_dh = divergence_weights(fkl, ratio, RatioSpec(), h_scale=torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(scaled_h, h / torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(scaled_r_dh, r_dh / torch.tensor([2.0, 4.0]))

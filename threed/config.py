@@ -244,6 +244,9 @@ def validate(config: Config) -> None:
         raise ConfigError("guidance.ratio.normalize divides h by its mean over the step's views, and with camera.batch_size=1 "
                           "that makes h = 1 for every divergence (VSD): set camera.batch_size to 2 or more, or "
                           "guidance.ratio.normalize=false")
+    if config.guidance.ratio.normalize and config.guidance.ratio.running_mean:
+        raise ConfigError("guidance.ratio.normalize (by the step's mean of h) and guidance.ratio.running_mean (by its "
+                          "running mean per band of t) are two ways to scale h: set one of them to false")
     if config.geometry.grid.backend == "cpu" and not hashgrid_cpu.available():
         raise ConfigError("geometry.grid.backend=cpu needs the fused C kernel, which no C compiler could build here "
                           "(see the warning above; set CC to a compiler): use geometry.grid.backend=auto or torch")
