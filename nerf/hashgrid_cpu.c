@@ -58,7 +58,9 @@ static void corners(const Job *job, int64_t i, int l, int64_t rows[8], float wei
     }
 }
 
-static void *forward_range(void *arg) {
+/* The forward pass (job->features set: interpolate the table) or the backward pass (job->grad_table set:
+ * accumulate the features' gradient into it) over the job's range of points. */
+static void *lookup_range(void *arg) {
     const Job *job = arg;
     const int F = job->n_features;
     int64_t rows[8];
@@ -66,38 +68,29 @@ static void *forward_range(void *arg) {
     for (int64_t i = job->begin; i < job->end; ++i) {
         for (int l = 0; l < job->n_levels; ++l) {
             corners(job, i, l, rows, weights);
-            float *out = job->features + (i * job->n_levels + l) * F;
-            for (int f = 0; f < F; ++f) out[f] = 0.0f;
-            for (int corner = 0; corner < 8; ++corner) {
-                const float *entry = job->table + rows[corner] * F;
-                for (int f = 0; f < F; ++f) out[f] += weights[corner] * entry[f];
+            const int64_t at = (i * job->n_levels + l) * F;
+            if (job->features) {
+                float *out = job->features + at;
+                for (int f = 0; f < F; ++f) out[f] = 0.0f;
+                for (int corner = 0; corner < 8; ++corner) {
+                    const float *entry = job->table + rows[corner] * F;
+                    for (int f = 0; f < F; ++f) out[f] += weights[corner] * entry[f];
+                }
+            } else {
+                const float *grad = job->grad_out + at;
+                for (int corner = 0; corner < 8; ++corner) {
+                    float *entry = job->grad_table + rows[corner] * F;
+                    for (int f = 0; f < F; ++f) entry[f] += weights[corner] * grad[f];
+                }
             }
         }
     }
     return NULL;
 }
 
-static void *backward_range(void *arg) {
-    const Job *job = arg;
-    const int F = job->n_features;
-    int64_t rows[8];
-    float weights[8];
-    for (int64_t i = job->begin; i < job->end; ++i) {
-        for (int l = 0; l < job->n_levels; ++l) {
-            corners(job, i, l, rows, weights);
-            const float *grad = job->grad_out + (i * job->n_levels + l) * F;
-            for (int corner = 0; corner < 8; ++corner) {
-                float *entry = job->grad_table + rows[corner] * F;
-                for (int f = 0; f < F; ++f) entry[f] += weights[corner] * grad[f];
-            }
-        }
-    }
-    return NULL;
-}
-
-/* Runs `work` over points [0, n) in n_threads contiguous ranges; range t accumulates into
+/* Runs lookup_range over points [0, n) in n_threads contiguous ranges; range t accumulates into
  * grad_table + t * grad_stride. A thread that cannot be started runs its range on the caller's. */
-static void run_parallel(void *(*work)(void *), Job base, int64_t n, int n_threads, int64_t grad_stride) {
+static void run_parallel(Job base, int64_t n, int n_threads, int64_t grad_stride) {
     enum { MAX_THREADS = 64 };
     pthread_t threads[MAX_THREADS];
     int started[MAX_THREADS] = {0};
@@ -109,11 +102,11 @@ static void run_parallel(void *(*work)(void *), Job base, int64_t n, int n_threa
         jobs[t].end = n * (t + 1) / n_threads;
         if (base.grad_table) jobs[t].grad_table = base.grad_table + t * grad_stride;
     }
-    for (int t = 1; t < n_threads; ++t) started[t] = pthread_create(&threads[t], NULL, work, &jobs[t]) == 0;
-    work(&jobs[0]);
+    for (int t = 1; t < n_threads; ++t) started[t] = pthread_create(&threads[t], NULL, lookup_range, &jobs[t]) == 0;
+    lookup_range(&jobs[0]);
     for (int t = 1; t < n_threads; ++t) {
         if (started[t]) pthread_join(threads[t], NULL);
-        else work(&jobs[t]);
+        else lookup_range(&jobs[t]);
     }
 }
 
@@ -125,7 +118,7 @@ void hashgrid_forward(const float *points, int64_t n, const float *table, float 
                       LEVEL_ARGUMENTS, int n_threads) {
     Job job = {points, table, NULL, features, NULL, scales, sizes, offsets, resolutions,
                0, 0, n_levels, n_features, n_dense_levels};
-    run_parallel(forward_range, job, n, n_threads, 0);
+    run_parallel(job, n, n_threads, 0);
 }
 
 /* grad_tables [n_threads, rows, F], zeroed by the caller, from grad_out [N, L * F]; the caller
@@ -134,5 +127,5 @@ void hashgrid_backward(const float *points, int64_t n, const float *grad_out, fl
                        int64_t n_rows, LEVEL_ARGUMENTS, int n_threads) {
     Job job = {points, NULL, grad_out, NULL, grad_tables, scales, sizes, offsets, resolutions,
                0, 0, n_levels, n_features, n_dense_levels};
-    run_parallel(backward_range, job, n, n_threads, n_rows * n_features);
+    run_parallel(job, n, n_threads, n_rows * n_features);
 }
