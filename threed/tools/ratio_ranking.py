@@ -1,0 +1,124 @@
+"""Is the density ratio informative? At a ShapeWorld run's checkpoints, does the discriminator's log-ratio
+rank renders of the prompt's true object above renders of a wrong one, from the same cameras (JSON)?
+
+    python -m threed.tools.ratio_ranking RUN_DIR --steps 150,300 [--views 16] [--bands 4] [--seed 0]
+
+For each checkpointed step and each of ``--bands`` equal bands of t: ``--views`` cameras of the run's own
+distribution; the true object (the prompt's shape and colour, as the canon renders it), and wrong ones
+seen by the same cameras: each other shape in the same colour, each other colour on the same shape, and
+the true object at 0.7 and 1.4 times its size; all noised with the same noise at the same t, drawn within
+the band; the discriminator's log-ratio d of each (from the fake score's bottleneck, as in training).
+The ranking AUC of a kind of wrongness is the fraction of (view, wrong object) pairs in which the true
+object's d is the higher (ties count half): 0.5 says the ratio does not tell them apart, 1 that it always
+prefers the truth. d estimates log q_t / p_t with q the teacher's distribution, so the true object should
+look more like the teacher's (higher d). Needs a run with a discriminator.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import torch
+
+from guidance.distillation import ViewBatch
+from threed.cameras import CameraBatch, sample_cameras
+from threed.checkpoint import checkpoint_path, load_checkpoint
+from threed.errors import UserError
+from threed.run import Run
+from threed.shapeworld.canon import ALBEDOS, COLOURS, SHAPES, SIGNED_DISTANCES, is_canon_prompt, parse_prompt
+from threed.shapeworld.render import render_sdf
+from threed.trainer import Trainer
+
+SIZES = (0.7, 1.4)
+
+
+def wrong_objects(shape: str, colour: str) -> dict[str, list[tuple]]:
+    """Per kind of wrongness, the wrong objects as (signed distance, colour name): the truth's neighbours."""
+    scaled = [lambda points, s=s: s * SIGNED_DISTANCES[shape](points / s) for s in SIZES]
+    return {"shape": [(SIGNED_DISTANCES[other], colour) for other in SHAPES if other != shape],
+            "colour": [(SIGNED_DISTANCES[shape], other) for other in COLOURS if other != colour],
+            "size": [(distance, colour) for distance in scaled]}
+
+
+def render(distance, colour: str, cameras: CameraBatch) -> torch.Tensor:
+    albedo = cameras.c2w.new_tensor(ALBEDOS[colour]).expand(len(cameras), 3)
+    return render_sdf(distance, albedo, cameras)[0]
+
+
+def ranking_auc(true_scores: torch.Tensor, wrong_scores: torch.Tensor) -> float:
+    """true_scores [B], wrong_scores [K, B] (K wrong objects, the same B views): the fraction of pairs of a view's
+    true and wrong score in which the true one is higher, ties counting half."""
+    higher = (true_scores > wrong_scores).double() + 0.5 * (true_scores == wrong_scores).double()
+    return float(higher.mean())
+
+
+@torch.no_grad()
+def log_ratios(trainer: Trainer, images: torch.Tensor, cameras: CameraBatch, t: torch.Tensor, eps: torch.Tensor,
+               step: int) -> torch.Tensor:
+    """The discriminator's log-ratio [B] of images [B, H, W, 3] seen by ``cameras``, noised with ``eps`` at t [B]."""
+    guidance = trainer.guidance
+    views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
+    x0 = guidance.teacher.encode(images.permute(0, 3, 1, 2)).float()
+    alpha, sigma = guidance.teacher.alpha_sigma(t)
+    return guidance.scores(views, t, sigma, step).logit(alpha * x0 + sigma * eps).float()
+
+
+def ratio_ranking(trainer: Trainer, step: int, views: int, bands: int, seed: int) -> dict:
+    """The report's entry for the trainer's state at ``step`` (already loaded): AUCs per band of t and kind."""
+    shape, colour = parse_prompt(trainer.config.prompt)
+    generator = torch.Generator(trainer.device).manual_seed(seed)
+    cameras = sample_cameras(dataclasses.replace(trainer.config.camera, batch_size=views), generator, step)
+    true_images = render(SIGNED_DISTANCES[shape], colour, cameras)
+    wrong_images = {kind: [render(d, c, cameras) for d, c in objects] for kind, objects in wrong_objects(shape, colour).items()}
+    n = trainer.guidance.teacher.num_train_timesteps
+    sample_shape = trainer.guidance.teacher.encode(true_images.permute(0, 3, 1, 2)).shape  # [B, C, h, w]
+    entry = {}
+    for band in range(bands):
+        low, high = band * n // bands, (band + 1) * n // bands
+        t = torch.randint(low, high, (views,), generator=generator, device=generator.device)
+        eps = torch.randn(sample_shape, generator=generator, device=generator.device)
+        true_d = log_ratios(trainer, true_images, cameras, t, eps, step)
+        aucs = {kind: ranking_auc(true_d, torch.stack([log_ratios(trainer, images, cameras, t, eps, step) for images in wrong]))
+                for kind, wrong in wrong_images.items()}
+        entry[f"{low}-{high - 1}"] = {kind: round(auc, 4) for kind, auc in aucs.items()}
+    return entry
+
+
+def ratio_ranking_report(run_dir: str, steps: list[int], views: int, bands: int, seed: int) -> dict:
+    run = Run.open(run_dir)
+    if not is_canon_prompt(run.config.prompt):
+        raise UserError(f"{run.config.prompt!r} is not a ShapeWorld prompt: the ranking needs the true object's shape")
+    trainer = run.trainer(run.load_teacher())
+    if trainer.guidance.discriminator is None:
+        raise UserError(f"{run_dir} trained without a discriminator (method {run.config.guidance.estimator}): "
+                        "there is no density ratio to rank with; pick a Uni-Instruct or f-distill run")
+    report = {}
+    for step in steps:
+        path = checkpoint_path(run.paths.checkpoints, step)
+        if not path.is_file():
+            raise UserError(f"no checkpoint of step {step} in {run.paths.checkpoints}: pick steps the run "
+                            f"checkpointed (trainer.checkpoint_every, trainer.keep_checkpoints)")
+        trainer.load_state_dict(load_checkpoint(path, run.device))
+        report[str(step)] = ratio_ranking(trainer, step, views, bands, seed)
+    return {"run": str(run_dir), "prompt": run.config.prompt, "views": views, "seed": seed, "steps": report}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a ShapeWorld run folder with a discriminator and checkpoints of the steps")
+    parser.add_argument("--steps", required=True, help="comma-separated checkpointed steps")
+    parser.add_argument("--views", type=int, default=16, help="cameras per band of t")
+    parser.add_argument("--bands", type=int, default=4, help="equal bands of t")
+    parser.add_argument("--seed", type=int, default=0)
+    arguments = parser.parse_args(argv)
+    steps = [int(step) for step in arguments.steps.split(",")]
+    try:
+        report = ratio_ranking_report(arguments.run_dir, steps, arguments.views, arguments.bands, arguments.seed)
+    except UserError as error:
+        parser.exit(2, f"error: {error}\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
