@@ -24,10 +24,10 @@ from guidance.distillation import GuidanceOutput, ScoreDistillation, ViewBatch
 from guidance.ratio_diagnostics import RatioMonitor
 from guidance.sample_bank import SampleBankSpec, bank_key, draw_sample_bank
 from guidance.teacher import DiffusionTeacher
+from threed import distributed
 from threed.cameras import CameraBatch, sample_cameras
 from threed.checkpoint import checkpoint_path, latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
 from threed.config import Config, TrainerSpec, load_config
-from threed import distributed
 from threed.device import cpu_autocast
 from threed.distributed import VIEW_SEED_STRIDE, Ranks
 from threed.errors import ConfigError, NonFiniteLossError, RunDirError
