@@ -3,6 +3,7 @@ import pytest
 
 import launch
 from tests.conftest import SHAPEWORLD_TEACHER, overrides_for_fast_runs
+from threed.errors import RunDirError
 from threed.tools.colour_pull import colour_pull_report
 
 
@@ -19,5 +20,5 @@ def test_reports_the_pull_at_each_checkpointed_step(tmp_path):
         assert all(0.0 <= value <= 1.0 for value in entry["render"])
         assert max(abs(value) for value in entry["descent_direction"]) == pytest.approx(1.0)
     assert report["steps"]["1"]["render"] != report["steps"]["3"]["render"]  # each step's own field
-    with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
+    with pytest.raises(RunDirError, match="no checkpoint of step 5"):
         colour_pull_report(str(run), [5], views=1, seed=0)

@@ -26,7 +26,8 @@ from guidance.sample_bank import SampleBankSpec, bank_key, draw_sample_bank
 from guidance.teacher import DiffusionTeacher
 from threed import distributed
 from threed.cameras import CameraBatch, sample_cameras
-from threed.checkpoint import checkpoint_path, latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint
+from threed.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_latest_checkpoint, prune_checkpoints,
+                               save_checkpoint)
 from threed.config import Config, TrainerSpec, load_config
 from threed.device import cpu_autocast
 from threed.distributed import VIEW_SEED_STRIDE, Ranks
@@ -234,6 +235,14 @@ class Trainer:
         if self.ranks.is_main:
             self.metrics.drop_after(self.step)
         log.info("resumed from %s (step %d)", path, self.step)
+
+    def load_step(self, step: int) -> None:
+        """The run's state at checkpointed step ``step`` (the tools that read a run at several steps use it)."""
+        path = checkpoint_path(self.paths.checkpoints, step)
+        if not path.is_file():
+            raise RunDirError(f"no checkpoint of step {step} in {self.paths.checkpoints}: pick steps the run "
+                              f"checkpointed (trainer.checkpoint_every, trainer.keep_checkpoints)")
+        self.load_state_dict(load_checkpoint(path, self.device))
 
     def render_training_views(self, step: int, generator: torch.Generator,
                               shading: str | None = None) -> tuple[CameraBatch, RenderedViews, ViewBatch]:

@@ -20,7 +20,6 @@ import json
 
 import torch
 
-from threed.checkpoint import checkpoint_path, load_checkpoint
 from threed.run import Run
 from threed.shapeworld.canon import is_canon_prompt, parse_prompt
 from threed.shapeworld.render import render_shape_with_mask
@@ -67,11 +66,7 @@ def colour_pull_report(run_dir: str, steps: list[int], views: int, seed: int) ->
     trainer = run.trainer(run.load_teacher())
     report = {}
     for step in steps:
-        path = checkpoint_path(run.paths.checkpoints, step)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint of step {step} in {run.paths.checkpoints}: pick steps the run "
-                                    f"checkpointed (trainer.checkpoint_every, trainer.keep_checkpoints)")
-        trainer.load_state_dict(load_checkpoint(path, run.device))
+        trainer.load_step(step)
         report[str(step)] = colour_pull(trainer, step, views, seed)
     return {"run": str(run_dir), "views": views, "seed": seed, "steps": report}
 

@@ -23,7 +23,6 @@ import torch
 
 from guidance.distillation import ViewBatch
 from threed.cameras import CameraBatch, sample_cameras
-from threed.checkpoint import checkpoint_path, load_checkpoint
 from threed.errors import UserError
 from threed.run import Run
 from threed.shapeworld.canon import ALBEDOS, COLOURS, SHAPES, SIGNED_DISTANCES, is_canon_prompt, parse_prompt
@@ -95,11 +94,7 @@ def ratio_ranking_report(run_dir: str, steps: list[int], views: int, bands: int,
                         "there is no density ratio to rank with; pick a Uni-Instruct or f-distill run")
     report = {}
     for step in steps:
-        path = checkpoint_path(run.paths.checkpoints, step)
-        if not path.is_file():
-            raise UserError(f"no checkpoint of step {step} in {run.paths.checkpoints}: pick steps the run "
-                            f"checkpointed (trainer.checkpoint_every, trainer.keep_checkpoints)")
-        trainer.load_state_dict(load_checkpoint(path, run.device))
+        trainer.load_step(step)
         report[str(step)] = ratio_ranking(trainer, step, views, bands, seed)
     return {"run": str(run_dir), "prompt": run.config.prompt, "views": views, "seed": seed, "steps": report}
 
