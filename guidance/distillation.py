@@ -231,10 +231,11 @@ class ScoreDistillation(nn.Module):
         """The density ratio at this step's noisy renders, as the f-divergence weight sees it (the estimator's
         own logit: no further network call where it asked for one)."""
         logit = scores.logit(sample.x_t.detach()).float()
-        low, high = estimators.at_clamps(logit, self.spec.ratio)
-        h, _ = estimators.divergence_weights(get_divergence(self.spec.divergence_at(step)),
-                                             estimators.density_ratio(logit, self.spec.ratio), self.spec.ratio)
-        return RatioReading(t, h, low, high)
+        return RatioReading(t, self.raw_weight(logit, step), *estimators.at_clamps(logit, self.spec.ratio))
+
+    def raw_weight(self, logit: torch.Tensor, step: int) -> torch.Tensor:
+        """h(r) [B] of step ``step``'s divergence at the clamped ratio of ``logit`` [B], before any normalisation."""
+        return get_divergence(self.spec.divergence_at(step)).h(estimators.density_ratio(logit, self.spec.ratio))
 
     def running_h_scale(self, sample: NoisedSample, scores: Scores, t: torch.Tensor, step: int) -> torch.Tensor | None:
         """With ``ratio.running_mean``: this step's h at its renders taken into the running means of its bands of t,
@@ -242,9 +243,7 @@ class ScoreDistillation(nn.Module):
         (with its graph), so they reuse it."""
         if self.running_means is None:
             return None
-        logit = scores.logit(sample.x_t).detach()
-        h = get_divergence(self.spec.divergence_at(step)).h(estimators.density_ratio(logit, self.spec.ratio))
-        return self.running_means.update(t, h)
+        return self.running_means.update(t, self.raw_weight(scores.logit(sample.x_t).detach(), step))
 
     def estimator_loss(self, sample: NoisedSample, scores: Scores, estimator: str, divergence: str,
                        h_scale: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,6 +25,11 @@ class RatioReading:
     at_high_clamp: torch.Tensor
 
 
+def t_bands(t: torch.Tensor, num_train_timesteps: int, bands: int) -> torch.Tensor:
+    """t [B] integer timesteps -> [B] indices of the ``bands`` equal bands of [0, num_train_timesteps) they fall in."""
+    return (t.long() * bands // num_train_timesteps).clamp(0, bands - 1)
+
+
 class RatioMonitor:
     """Accumulates readings (on their device, no synchronisation) and sums them up at each metrics record."""
 
@@ -48,7 +53,7 @@ class RatioMonitor:
         summary = {"views": len(t), "at_low_clamp": low.mean().item(), "at_high_clamp": high.mean().item(),
                    "off_clamps": 1.0 - (low + high).clamp(max=1).mean().item(), "h_by_t": {}}
         width = self.num_train_timesteps / self.bands
-        band = (t / width).floor().clamp(0, self.bands - 1)
+        band = t_bands(t, self.num_train_timesteps, self.bands)
         for index in range(self.bands):
             in_band = h[band == index]
             if len(in_band):
@@ -68,14 +73,10 @@ class RunningMeans(nn.Module):
         self.register_buffer("means", torch.ones(bands))
         self.register_buffer("seen", torch.zeros(bands, dtype=torch.bool))
 
-    def band(self, t: torch.Tensor) -> torch.Tensor:
-        """t [B] integer timesteps -> [B] band indices."""
-        return (t * len(self.means) // self.num_train_timesteps).clamp(0, len(self.means) - 1).long()
-
     @torch.no_grad()
     def update(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Takes this step's h [B] at t [B] into the means; returns each view's band mean [B], this step's included."""
-        bands = self.band(t).to(self.means.device)
+        bands = t_bands(t, self.num_train_timesteps, len(self.means)).to(self.means.device)
         h = h.detach().to(self.means)
         total = torch.zeros_like(self.means).index_add_(0, bands, h)
         count = torch.zeros_like(self.means).index_add_(0, bands, torch.ones_like(h))

@@ -62,10 +62,10 @@ class Run:
             raise ConfigError(str(error)) from None
         ranks = distributed.current()  # under torchrun, rank 0 makes the folder and the others join it
         if ranks.is_main:
-            if root is None:
-                root = create_run_folder(config.outputs, config.name, config.prompt).root
-            Path(root).mkdir(parents=True, exist_ok=True)
-            save_config(config, RunPaths(Path(root)).config)
+            paths = create_run_folder(config.outputs, config.name, config.prompt) if root is None else RunPaths(Path(root))
+            paths.root.mkdir(parents=True, exist_ok=True)
+            save_config(config, paths.config)
+            root = paths.root
         return cls(config, RunPaths(Path(ranks.from_main(root))), device), teacher
 
     @classmethod
