@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
@@ -205,9 +206,16 @@ class ScoreDistillation(nn.Module):
         if self.fake_score is None:
             return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma)
         fake = once_per_input(profiled("guidance.fake_score", lambda x_t: self.fake_score.predict(x_t, t, cond, camera)))
-        logit = profiled("guidance.discriminator", lambda x_t: self.discriminator(fake(x_t).bottleneck)) \
+        logit = profiled("guidance.discriminator", lambda x_t: self.logit_at(fake(x_t).bottleneck, x_t)) \
             if self.discriminator is not None else None
         return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma, fake=lambda x_t: -fake(x_t).eps / sigma, logit=logit)
+
+    def logit_at(self, bottleneck: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logit at x_t [B, C, H, W] from the fake U-Net's bottleneck there: [B], or with
+        ``discriminator.logit_map`` its map brought to x_t's locations, [B, 1, H, W] (each latent pixel takes the
+        logit of the bottleneck cell it lies in)."""
+        logit = self.discriminator(bottleneck)
+        return F.interpolate(logit, size=x_t.shape[-2:], mode="nearest") if logit.dim() == 4 else logit
 
     def forward(self, views: ViewBatch, step: int, generator: torch.Generator) -> GuidanceOutput:
         """The losses at training step ``step``; generator draws t and eps (on the images' device)."""
@@ -223,19 +231,23 @@ class ScoreDistillation(nn.Module):
         latents = sample.x0.detach()
         ratio = self.ratio_reading(sample, scores, t, step) if self.discriminator is not None else None
         with record_function("guidance.auxiliary_losses"):
-            auxiliary, diagnostics = self.auxiliary_losses(latents, views, generator) if self.fake_score else ({}, {})
+            auxiliary, diagnostics = self.auxiliary_losses(latents, views, step, generator) if self.fake_score else ({}, {})
         return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics, ratio)
 
     @torch.no_grad()
     def ratio_reading(self, sample: NoisedSample, scores: Scores, t: torch.Tensor, step: int) -> RatioReading:
         """The density ratio at this step's noisy renders, as the f-divergence weight sees it (the estimator's
-        own logit: no further network call where it asked for one)."""
+        own logit: no further network call where it asked for one). A ratio map is read view by view: its mean h
+        and the fractions of its locations at either clamp."""
         logit = scores.logit(sample.x_t.detach()).float()
-        return RatioReading(t, self.raw_weight(logit, step), *estimators.at_clamps(logit, self.spec.ratio))
+        at_low, at_high = (estimators.per_view(at_clamp.float()) for at_clamp in estimators.at_clamps(logit, self.spec.ratio))
+        return RatioReading(t, self.raw_weight(logit, step), at_low, at_high)
 
     def raw_weight(self, logit: torch.Tensor, step: int) -> torch.Tensor:
-        """h(r) [B] of step ``step``'s divergence at the clamped ratio of ``logit`` [B], before any normalisation."""
-        return get_divergence(self.spec.divergence_at(step)).h(estimators.density_ratio(logit, self.spec.ratio))
+        """h(r) [B] of step ``step``'s divergence at the clamped ratio of ``logit`` ([B], or a map: its mean over
+        the view), before any normalisation."""
+        ratio = estimators.density_ratio(logit, self.spec.ratio)
+        return estimators.per_view(get_divergence(self.spec.divergence_at(step)).h(ratio))
 
     def running_h_scale(self, sample: NoisedSample, scores: Scores, t: torch.Tensor, step: int) -> torch.Tensor | None:
         """With ``ratio.running_mean``: this step's h at its renders taken into the running means of its bands of t,
@@ -277,11 +289,12 @@ class ScoreDistillation(nn.Module):
                 weight = weight / (sample.x0.detach() - f_teacher).abs().flatten(1).mean(1).clamp_min(1e-8)
         return weight
 
-    def auxiliary_losses(self, x0: torch.Tensor, views: ViewBatch,
+    def auxiliary_losses(self, x0: torch.Tensor, views: ViewBatch, step: int,
                          generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Denoising loss of the fake score on the detached encoded renders ``x0`` [B, C, h, w] and, with
-        a discriminator, its GAN loss against teacher samples of the same views, at a fresh uniformly
-        drawn t. Both share one fake-U-Net call on the renders.
+        a discriminator, its GAN loss against teacher samples of the same views, at a fresh t drawn uniformly
+        (or, with ``discriminator.timesteps: guidance``, from step ``step``'s range of the estimator's t).
+        Both share one fake-U-Net call on the renders.
 
         Also returns, with a discriminator, the diagnostic ``density_ratio``: the batch mean of the
         estimated r = q_t / p_t on the renders (clamped as ``guidance.ratio`` says), at this loss's
@@ -290,7 +303,9 @@ class ScoreDistillation(nn.Module):
         batch = x0.shape[0]
         cond, _ = self.prompts(views.elevation_deg, views.azimuth_deg)
         camera = views.c2w.flatten(1)
-        t = torch.randint(0, self.teacher.num_train_timesteps, (batch,), generator=generator, device=generator.device)
+        t = self.sample_timesteps(batch, step, generator) \
+            if self.discriminator is not None and self.spec.discriminator.timesteps == "guidance" else \
+            torch.randint(0, self.teacher.num_train_timesteps, (batch,), generator=generator, device=generator.device)
         alpha, sigma = self.teacher.alpha_sigma(t)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         keep = torch.rand(batch, 1, generator=generator, device=x0.device) >= self.spec.fake_score.condition_drop

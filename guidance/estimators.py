@@ -13,6 +13,7 @@ Every function returns the batch mean of per-sample losses, each multiplied by i
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,7 +22,8 @@ import torch
 from guidance.divergences import Divergence
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # x_t [B, ...] -> score [B, ...]
-Logit = Callable[[torch.Tensor], torch.Tensor]  # x_t [B, ...] -> d [B]
+# x_t [B, C, H, W] -> d [B], or a map d [B, 1, H, W] of one log-ratio per location (``discriminator.logit_map``)
+Logit = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -62,6 +64,9 @@ class RatioSpec:
 
     logit_clamp: list[float] | None = field(default_factory=lambda: [-10.0, 10.0])
     ratio_clamp: list[float] | None = field(default_factory=lambda: [0.1, 20.0])
+    # Clamp smoothly (``soft_clamp``): the ratio keeps a gradient past its clamps, which Uni-Instruct's surrogate
+    # differentiates; a hard clamp passes none there.
+    soft_clamp: bool = False
     normalize: bool = False  # divide h (and r h') by the batch mean of h (needs several views a step)
     # Divide h (and r h') by a running mean of h in its band of t instead (f-distill's recipe; safe at one view a
     # step): the mean of each of ``running_bands`` equal bands of t, decayed by ``running_decay`` a step.
@@ -83,8 +88,27 @@ class EstimatorOptions:
     h_scale: torch.Tensor | None = None  # [B] divisors of h from its running means (``ratio.running_mean``)
 
 
+def soft_clamp(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``low + softplus(value - low) - softplus(value - high)``: about ``value`` well inside [low, high], tending to
+    the bounds outside it, with the positive slope ``sigmoid(value - low) - sigmoid(value - high)`` everywhere."""
+    return low + torch.nn.functional.softplus(value - low) - torch.nn.functional.softplus(value - high)
+
+
+def log_ratio_bounds(spec: RatioSpec) -> tuple[float, float]:
+    """The interval of log r both clamps leave (either may be None: unbounded on that side)."""
+    low, high = -math.inf, math.inf
+    if spec.logit_clamp is not None:
+        low, high = spec.logit_clamp
+    if spec.ratio_clamp is not None:
+        low, high = max(low, math.log(spec.ratio_clamp[0])), min(high, math.log(spec.ratio_clamp[1]))
+    return low, high
+
+
 def density_ratio(logit: torch.Tensor, spec: RatioSpec) -> torch.Tensor:
-    """d [B] -> r = exp(d) [B], clamped as the spec says."""
+    """d -> r = exp(d), element-wise ([B] or a map [B, 1, H, W]), clamped as the spec says: hard (clamping d, then
+    r), or smoothly onto the same interval of log r (``soft_clamp``)."""
+    if spec.soft_clamp and (spec.logit_clamp is not None or spec.ratio_clamp is not None):
+        return torch.exp(soft_clamp(logit, *log_ratio_bounds(spec)))
     if spec.logit_clamp is not None:
         logit = logit.clamp(*spec.logit_clamp)
     ratio = torch.exp(logit)
@@ -92,8 +116,8 @@ def density_ratio(logit: torch.Tensor, spec: RatioSpec) -> torch.Tensor:
 
 
 def at_clamps(logit: torch.Tensor, spec: RatioSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """d [B] -> (at the lower clamp, at the upper clamp) [B] booleans: where ``density_ratio`` is cut off, so
-    its value says only that the discriminator is sure."""
+    """d -> (at or past the lower clamp, at or past the upper clamp), booleans shaped like d: where
+    ``density_ratio`` is cut off (or, soft, flattened), so its value says only that the discriminator is sure."""
     ratio = torch.exp(logit.clamp(*spec.logit_clamp) if spec.logit_clamp is not None else logit)
     low, high = torch.zeros_like(logit, dtype=torch.bool), torch.zeros_like(logit, dtype=torch.bool)
     if spec.logit_clamp is not None:
@@ -108,9 +132,14 @@ def per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).sum(dim=1)
 
 
+def per_view(values: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [B], the mean over each sample's elements (a ratio map's view-wise summary); [B] stays."""
+    return values.flatten(1).mean(dim=1) if values.dim() > 1 else values
+
+
 def broadcast(per_batch: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[B] -> [B, 1, ..., 1] with the rank of ``like``."""
-    return per_batch.reshape(-1, *([1] * (like.dim() - 1)))
+    """[B] -> [B, 1, ..., 1] with the rank of ``like``; a tensor of ``like``'s rank (a map [B, 1, H, W]) stays."""
+    return per_batch if per_batch.dim() == like.dim() else per_batch.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def inject_gradient(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -120,18 +149,20 @@ def inject_gradient(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 def divergence_weights(divergence: Divergence, ratio: torch.Tensor, spec: RatioSpec,
                        h_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h(r), r h'(r)), each [B], both divided by the batch mean of h when the spec normalises, or by
-    ``h_scale`` [B] (running means of h) where given."""
+    """(h(r), r h'(r)), each shaped like the ratio ([B] or a map [B, 1, H, W]), both divided by the batch mean of
+    h when the spec normalises, or by ``h_scale`` [B] (running means of h) where given."""
     h, r_dh = divergence.h(ratio), ratio * divergence.dh(ratio)
     scale = h.mean().detach() if spec.normalize else h_scale
     if scale is not None:
+        scale = broadcast(scale, h) if scale.dim() else scale
         h, r_dh = h / scale, r_dh / scale
     return h, r_dh
 
 
 def di_type(sample: NoisedSample, y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Grad(DI): ``E[w h(r) y^T dx_t/dtheta]``, with y [B, ...] and h, weight [B] computed without gradient."""
-    return inject_gradient(sample.x_t, broadcast(weight * h, y) * y)
+    """Grad(DI): ``E[w h(r) y^T dx_t/dtheta]``, with y [B, ...], weight [B] and h [B] (or a map [B, 1, H, W], one
+    weight per location) computed without gradient."""
+    return inject_gradient(sample.x_t, broadcast(weight, y) * broadcast(h, y) * y)
 
 
 def sds(sample: NoisedSample, scores: Scores, weight: torch.Tensor, options: EstimatorOptions) -> torch.Tensor:
@@ -165,14 +196,15 @@ def uni_instruct(sample: NoisedSample, scores: Scores, weight: torch.Tensor, opt
 
         L = (h(r) - r h'(r)) ||y||^2 - 2 h(r) y^T (s_p(x_t) - grad log p(x_t | x_0))
 
-    with autograd through x_t into both scores and the logit (so into r), and through x_0.
+    with autograd through x_t into both scores and the logit (so into r), and through x_0. With a ratio map
+    (one r per location) both products are taken location by location.
     """
     x_t = sample.x_t
     s_q, s_p = scores.teacher(x_t), scores.fake(x_t)
     y = s_p - s_q
     h, r_dh = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio,
                                  options.h_scale)
-    surrogate = (h - r_dh) * per_sample(y**2) - 2 * h * per_sample(y * (s_p - sample.conditional_score(x_t)))
+    surrogate = per_sample(broadcast(h - r_dh, y) * y**2) - 2 * per_sample(broadcast(h, y) * y * (s_p - sample.conditional_score(x_t)))
     return (weight * surrogate).mean()
 
 

@@ -17,7 +17,8 @@ from torch import nn
 @dataclass
 class RatioReading:
     """One step's views, detached: t [B] integer timesteps, h [B] the divergence's weight h(r), and whether r
-    sat at its lower or upper clamp [B]."""
+    sat at its lower or upper clamp [B] (with a ratio map: h's mean over the view, and the fraction of its
+    locations at each clamp)."""
 
     t: torch.Tensor
     h: torch.Tensor

@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
+                       UNet2DConditionModel)
 from diffusers.schedulers import SchedulerMixin
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -29,6 +30,8 @@ from guidance.schedules import Ramp
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The samplers ``DiffusionTeacher.sample`` draws with, built from the teacher's own scheduler config.
+SAMPLERS: dict[str, type[SchedulerMixin]] = {"ddim": DDIMScheduler, "dpm-solver++": DPMSolverMultistepScheduler}
 
 
 def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
@@ -208,12 +211,14 @@ class DiffusionTeacher(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, uncond: torch.Tensor, steps: int, guidance_scale: float,
-               generator: torch.Generator, on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
-        """cond, uncond: [n, L, D] -> clean teacher-space samples x_0 [n, C, h, w] (float32), by DDIM with
-        ``steps`` steps on the teacher's noise schedule (and its sampler's timestep spacing and clipping),
-        classifier-free guided at ``guidance_scale``. ``generator`` draws the initial noise on its device;
-        ``on_step`` is called after every step (progress bars)."""
-        scheduler = DDIMScheduler.from_config(self.scheduler.config, prediction_type="epsilon")  # we pass eps
+               generator: torch.Generator, on_step: Callable[[], None] = lambda: None,
+               sampler: str = "ddim") -> torch.Tensor:
+        """cond, uncond: [n, L, D] -> clean teacher-space samples x_0 [n, C, h, w] (float32), by ``sampler``
+        (``SAMPLERS``: DDIM, or the second-order multistep DPM-Solver++) with ``steps`` steps on the teacher's
+        noise schedule (and its sampler's timestep spacing and clipping), classifier-free guided at
+        ``guidance_scale``. ``generator`` draws the initial noise on its device; ``on_step`` is called after
+        every step (progress bars)."""
+        scheduler = SAMPLERS[sampler].from_config(self.scheduler.config, prediction_type="epsilon")  # we pass eps
         scheduler.set_timesteps(steps, device=cond.device)
         config = self.unet.config
         x = torch.randn(cond.shape[0], config.in_channels, config.sample_size, config.sample_size,

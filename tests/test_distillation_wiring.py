@@ -18,6 +18,7 @@ from guidance.teacher import DiffusionTeacher, TeacherSpec
 STEP_PERCENT = 0.5  # t = 500 for every sample
 ALPHA_SID = 0.7
 LOGIT_SCALE = 2e-3  # d(x_t) = LOGIT_SCALE * sum(x_t): r = exp(d) stays well inside the ratio clamps
+MAP_LOGIT_SCALE = 0.2  # a logit map's d at a location = MAP_LOGIT_SCALE * the sum of x_t's channels there
 
 
 def teacher_eps(x):  # e_q, and its element-wise derivative
@@ -43,6 +44,13 @@ class LinearLogit(torch.nn.Module):
         return LOGIT_SCALE * bottleneck.flatten(1).sum(1)
 
 
+class LinearLogitMap(torch.nn.Module):
+    """The stand-in of a spatial logit (``discriminator.logit_map``): one d per location of x_t, [B, 1, H, W]."""
+
+    def forward(self, bottleneck):
+        return MAP_LOGIT_SCALE * bottleneck.sum(1, keepdim=True)
+
+
 @pytest.fixture(scope="module")
 def pixel_teacher_folder(tmp_path_factory):
     from guidance.tiny_teacher import build_tiny_pipeline
@@ -58,7 +66,8 @@ def pixel_teacher(pixel_teacher_folder):
     return DiffusionTeacher.from_pretrained(TeacherSpec(pretrained=pixel_teacher_folder), torch.device("cpu"))
 
 
-def analytic_guidance(teacher, estimator: str, divergence: str = "js", normalize: bool = False) -> ScoreDistillation:
+def analytic_guidance(teacher, estimator: str, divergence: str = "js", normalize: bool = False,
+                      logit_map: bool = False) -> ScoreDistillation:
     spec = GuidanceSpec(estimator=estimator, divergence=divergence, alpha_sid=ALPHA_SID,
                         min_step_percent=Ramp(STEP_PERCENT), max_step_percent=Ramp(STEP_PERCENT),
                         normalize_per_sample=normalize, sample_bank=SampleBankSpec(samples_per_view=1, steps=1))
@@ -67,20 +76,25 @@ def analytic_guidance(teacher, estimator: str, divergence: str = "js", normalize
     if guidance.fake_score is not None:
         guidance.fake_score.predict = lambda x_t, t, text, camera: FakePrediction(fake_eps(x_t), x_t)
     if guidance.discriminator is not None:
-        guidance.discriminator = LinearLogit()
+        guidance.discriminator = LinearLogitMap() if logit_map else LinearLogit()
     return guidance
 
 
-def expected_image_gradient(estimator: str, x0, eps, alpha, sigma, divergence: str = "js") -> torch.Tensor:
-    """d loss / d images, written out from guidance-math.md and the registry's time weights. x0 = 2 image - 1."""
+def expected_image_gradient(estimator: str, x0, eps, alpha, sigma, divergence: str = "js",
+                            logit_map: bool = False) -> torch.Tensor:
+    """d loss / d images, written out from guidance-math.md and the registry's time weights. x0 = 2 image - 1.
+    With a logit map, r and the surrogate's products are taken location by location (sums over channels)."""
     batch = x0.shape[0]
     x_t = alpha * x0 + sigma * eps
     s_q, s_p = -teacher_eps(x_t) / sigma, -fake_eps(x_t) / sigma
     ds_q, ds_p = -teacher_eps_slope(x_t) / sigma, -fake_eps_slope(x_t) / sigma  # element-wise Jacobians
     s_c = -(x_t - alpha * x0) / sigma**2
-    per_sample = lambda v: v.flatten(1).sum(1).view(-1, 1, 1, 1)  # noqa: E731
+    if logit_map:
+        per_sample, logit_scale = (lambda v: v.sum(1, keepdim=True)), MAP_LOGIT_SCALE  # per location
+    else:
+        per_sample, logit_scale = (lambda v: v.flatten(1).sum(1).view(-1, 1, 1, 1)), LOGIT_SCALE
     f = get_divergence(divergence)
-    r = torch.exp(LOGIT_SCALE * per_sample(x_t))
+    r = torch.exp(logit_scale * per_sample(x_t))
     if estimator in ("sds", "vsd", "f-distill"):
         weight = sigma**3 / alpha
         y = (s_c if estimator == "sds" else s_p) - s_q
@@ -93,7 +107,7 @@ def expected_image_gradient(estimator: str, x0, eps, alpha, sigma, divergence: s
         quadratic, cross = per_sample(y**2), per_sample(y * (s_p - s_c))
         # L = w [(h - r h') |y|^2 - 2 h y.(s_p - s_c)], r = exp(d(x_t)): dr/dx_t = r * LOGIT_SCALE
         d_by_r = (dh - (dh + r * d2h)) * quadratic - 2 * dh * cross
-        grad_x_t = d_by_r * r * LOGIT_SCALE + (h - r * dh) * 2 * y * dy - 2 * h * (dy * (s_p - s_c) + y * (ds_p + 1 / sigma**2))
+        grad_x_t = d_by_r * r * logit_scale + (h - r * dh) * 2 * y * dy - 2 * h * (dy * (s_p - s_c) + y * (ds_p + 1 / sigma**2))
         grad_x0 = weight * (alpha * grad_x_t + 2 * h * y * alpha / sigma**2)  # s_c's own x0 term
     else:  # sid: L = (f_q - f_p).[(f_q - x0) - a (f_q - f_p)], f = (x_t + sigma^2 s) / alpha
         difference = sigma * (fake_eps(x_t) - teacher_eps(x_t)) / alpha
@@ -126,6 +140,30 @@ def test_forward_gives_the_closed_form_gradient(pixel_teacher, estimator):
     expected = expected_image_gradient(estimator, x0, eps, alpha_bar.sqrt(), (1 - alpha_bar).sqrt())
     assert expected.abs().max() > 1e-6  # the check has something to see
     torch.testing.assert_close(gradient, expected.permute(0, 2, 3, 1), rtol=1e-3, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("estimator", ["f-distill", "uni-instruct"])
+def test_a_logit_map_weights_each_location_by_its_own_ratio(pixel_teacher, estimator):
+    guidance = analytic_guidance(pixel_teacher, estimator, logit_map=True)
+    gradient, x0, eps, t = run_forward(guidance)
+    alpha_bar = pixel_teacher.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = expected_image_gradient(estimator, x0, eps, alpha_bar.sqrt(), (1 - alpha_bar).sqrt(), logit_map=True)
+    one_ratio = expected_image_gradient(estimator, x0, eps, alpha_bar.sqrt(), (1 - alpha_bar).sqrt())
+    assert (expected - one_ratio).abs().max() > 0.1 * expected.abs().max()  # the map's weights differ from one r's
+    torch.testing.assert_close(gradient, expected.permute(0, 2, 3, 1), rtol=1e-3, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("timesteps, in_guidance_range", [("guidance", True), ("uniform", False)])
+def test_the_discriminator_learns_at_the_guidance_timesteps_when_asked(pixel_teacher, timesteps, in_guidance_range):
+    guidance = analytic_guidance(pixel_teacher, "uni-instruct")  # its guidance draws t = 500 only
+    guidance.spec.discriminator.timesteps = timesteps
+    seen = []
+    guidance.fake_score.predict = lambda x_t, t, text, camera: seen.append(t) or FakePrediction(fake_eps(x_t), x_t)
+    views = ViewBatch(torch.rand(8, 32, 32, 3), torch.zeros(8), torch.zeros(8), torch.eye(4).repeat(8, 1, 1))
+    guidance.auxiliary_losses(torch.rand(8, 3, 32, 32), views, 0, torch.Generator().manual_seed(0))
+    on_renders, on_teacher_samples = seen
+    assert torch.equal(on_renders, on_teacher_samples)
+    assert (on_renders == 500).all() == in_guidance_range
 
 
 def test_per_sample_normalisation_divides_by_the_teacher_residual(pixel_teacher):

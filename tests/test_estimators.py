@@ -130,6 +130,21 @@ def test_ratio_clamps_and_normalisation():
     torch.testing.assert_close(r_dh, h)  # for fkl, r h'(r) = r = h(r)
 
 
+def test_a_soft_clamp_keeps_the_ratio_within_the_clamps_and_a_gradient_past_them():
+    logit = torch.tensor([-50.0, -3.0, 0.0, 1.0, 4.0, 50.0], requires_grad=True)
+    soft = estimators.density_ratio(logit, estimators.RatioSpec(soft_clamp=True))
+    hard = estimators.density_ratio(logit, estimators.RatioSpec())
+    torch.testing.assert_close(soft[[0, -1]], torch.tensor([0.1, 20.0]))  # the clamps' bounds far out
+    assert ((soft >= 0.1 - 1e-6) & (soft <= 20.0 + 1e-5)).all()
+    torch.testing.assert_close(soft[2:4], hard[2:4], rtol=0.1, atol=0.0)  # about exp(d) inside
+    soft_slope, = torch.autograd.grad(soft.log().sum(), logit)
+    assert (soft_slope[1:-1] > 0.01).all() and (soft_slope < 1.0).all()  # at -3 and 4, past the clamps, too
+    hard_slope, = torch.autograd.grad(estimators.density_ratio(logit, estimators.RatioSpec()).log().sum(), logit)
+    assert hard_slope[[0, 1, 4, 5]].eq(0).all()  # what the hard clamp passes on past its bounds
+    unbounded = estimators.RatioSpec(logit_clamp=None, ratio_clamp=None, soft_clamp=True)
+    torch.testing.assert_close(estimators.density_ratio(logit, unbounded), logit.exp())
+
+
 def test_verify_command_prints_one_json_object(capsys):
     verify_main(["--estimator", "f-distill", "--divergence", "fkl", "--samples", "20000", "--seed", "1"])
     result = json.loads(capsys.readouterr().out)

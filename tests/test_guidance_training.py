@@ -195,3 +195,24 @@ def test_running_means_of_h_scale_the_weight_and_resume_with_the_run(fast_overri
     restored = make_trainer(config)
     restored.guidance.load_trainable_state_dict(state)
     assert torch.equal(restored.guidance.running_means.means, running.means)
+
+
+def test_the_published_recipes_options_train_together(fast_overrides):
+    """A logit map, a soft clamp, the discriminator at the guidance's t and a DPM-Solver++ bank, in one run:
+    the discriminator's logit is a map, the ratio reads as fractions of its locations, and every part learns."""
+    config = load_config("configs/tiny.yaml", [
+        *fast_overrides, "guidance.estimator=uni-instruct", "guidance.divergence=fkl",
+        "guidance.discriminator.logit_map=true", "guidance.discriminator.timesteps=guidance",
+        "guidance.ratio.soft_clamp=true", "guidance.sample_bank.sampler=dpm-solver++"])
+    trainer = make_trainer(config)
+    field_before, guidance_before, _ = field_and_guidance_snapshot(trainer)
+    bottleneck = torch.zeros(2, trainer.guidance.teacher.unet.config.block_out_channels[-1], 2, 2)
+    assert trainer.guidance.discriminator(bottleneck).shape == (2, 1, 2, 2)
+    for _ in range(2):
+        result = trainer.training_step()
+        assert all(torch.isfinite(value) for value in result.losses.values()), result.losses
+    reading = trainer.ratio_monitor.summary()
+    assert reading["views"] >= 2 and 0.0 <= reading["off_clamps"] <= 1.0  # (the metrics record may have read some)
+    field_after, guidance_after, _ = field_and_guidance_snapshot(trainer)
+    assert not torch.equal(field_before["field.encoding.table"], field_after["field.encoding.table"])
+    assert all(not torch.equal(a, b) for a, b in zip(guidance_before, guidance_after))

@@ -140,3 +140,16 @@ def test_pixel_pipeline_samples_with_its_own_sampler(tiny_pixel_teacher):
     images = pipeline(["a red vase", "a blue cube"], num_inference_steps=3, generator=torch.Generator().manual_seed(0),
                       output_type="np").images
     assert images.shape == (2, 32, 32, 3) and images.min() >= 0 and images.max() <= 1
+
+
+def test_the_sampler_is_a_choice_and_names_the_sample_bank(teacher):
+    from guidance.sample_bank import SampleBankSpec, bank_key
+
+    cond = teacher.embed_text(["a red vase", "a blue cube"])
+    uncond = teacher.embed_text([""]).expand_as(cond)
+    ddim, dpm = (teacher.sample(cond, uncond, 3, 3.0, torch.Generator().manual_seed(0), sampler=sampler)
+                 for sampler in ("ddim", "dpm-solver++"))
+    assert ddim.shape == dpm.shape and torch.isfinite(dpm).all()
+    assert (ddim - dpm).abs().max() > 1e-3  # the same noise, another integrator
+    keys = {bank_key(teacher, ["a vase"], "", SampleBankSpec(sampler=sampler)) for sampler in ("ddim", "dpm-solver++")}
+    assert len(keys) == 2

@@ -270,7 +270,7 @@ class Trainer:
         with record_function("step.ema"):
             if self.ema:
                 self.ema.step(self.representation.parameters())
-        self._update_guidance(out, views)
+        self._update_guidance(out, views, self.step)
         self.step += 1
         losses = {name: loss.detach() for name, loss in {**generator_losses, **out.auxiliary_losses}.items()}
         return StepResult(losses, out.diagnostics)
@@ -279,7 +279,7 @@ class Trainer:
         """What validation, the video and the meshes show: the EMA's parameters (``trainer.ema_decay``) or the live ones."""
         return with_averaged_parameters(self.representation, self.ema)
 
-    def _update_guidance(self, out: GuidanceOutput, views: ViewBatch) -> None:
+    def _update_guidance(self, out: GuidanceOutput, views: ViewBatch, step: int) -> None:
         """Steps the fake score and discriminator on this step's losses, then on fresh ones as often as
         ``guidance.fake_score.updates_per_step`` asks."""
         parameters = self.guidance.trainable_parameters()
@@ -288,7 +288,7 @@ class Trainer:
         if out.auxiliary_losses:
             for _ in range(self.config.guidance.fake_score.updates_per_step - 1):
                 with record_function("step.guidance_update.losses"), self.autocast():
-                    losses, _ = self.guidance.auxiliary_losses(out.latents, views, self.view_generator)
+                    losses, _ = self.guidance.auxiliary_losses(out.latents, views, step, self.view_generator)
                 self._step(self.guidance_optimizer, losses, parameters, scaler, "step.guidance_update")
 
     def _step(self, optimizer: torch.optim.Optimizer | None, losses: dict[str, torch.Tensor], parameters: list[torch.Tensor],

@@ -22,6 +22,7 @@ import json
 import torch
 
 from guidance.distillation import ViewBatch
+from guidance.estimators import per_view
 from threed.cameras import CameraBatch, sample_cameras
 from threed.errors import UserError
 from threed.run import Run
@@ -55,12 +56,13 @@ def ranking_auc(true_scores: torch.Tensor, wrong_scores: torch.Tensor) -> float:
 @torch.no_grad()
 def log_ratios(trainer: Trainer, images: torch.Tensor, cameras: CameraBatch, t: torch.Tensor, eps: torch.Tensor,
                step: int) -> torch.Tensor:
-    """The discriminator's log-ratio [B] of images [B, H, W, 3] seen by ``cameras``, noised with ``eps`` at t [B]."""
+    """The discriminator's log-ratio [B] of images [B, H, W, 3] seen by ``cameras``, noised with ``eps`` at t [B]
+    (a logit map's mean over the view)."""
     guidance = trainer.guidance
     views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
     x0 = guidance.teacher.encode(images.permute(0, 3, 1, 2)).float()
     alpha, sigma = guidance.teacher.alpha_sigma(t)
-    return guidance.scores(views, t, sigma, step).logit(alpha * x0 + sigma * eps).float()
+    return per_view(guidance.scores(views, t, sigma, step).logit(alpha * x0 + sigma * eps).float())
 
 
 def ratio_ranking(trainer: Trainer, step: int, views: int, bands: int, seed: int) -> dict:
