@@ -48,3 +48,19 @@ def test_a_run_without_a_discriminator_is_refused(tiny_teacher, tmp_path, capsys
     with pytest.raises(SystemExit) as exit_code:
         main([str(run), "--steps", "3"])
     assert exit_code.value.code == 2 and "without a discriminator" in capsys.readouterr().err
+
+
+def test_the_clamp_summary_weighs_each_record_by_its_views_within_each_estimator_phase(tmp_path):
+    from types import SimpleNamespace
+
+    from guidance.distillation import GuidanceSpec
+    from guidance.schedules import SwitchSpec
+    from threed.tools.ratio_ranking import clamp_summary
+
+    records = [{"step": 10, "ratio": {"views": 20, "off_clamps": 0.5}}, {"step": 15},  # a record without a discriminator
+               {"step": 20, "ratio": {"views": 10, "off_clamps": 1.0}}, {"step": 30, "ratio": {"views": 20, "off_clamps": 0.25}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    run = SimpleNamespace(paths=SimpleNamespace(metrics=tmp_path / "metrics.jsonl"), config=SimpleNamespace(
+        guidance=GuidanceSpec(estimator="vsd", switch=SwitchSpec(step=20, estimator="uni-instruct"))))
+    assert clamp_summary(run) == {"vsd": {"views": 30, "off_clamps": round(20 / 30, 4)},
+                                  "uni-instruct": {"views": 20, "off_clamps": 0.25}}

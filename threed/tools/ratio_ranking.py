@@ -11,7 +11,9 @@ the band; the discriminator's log-ratio d of each (from the fake score's bottlen
 The ranking AUC of a kind of wrongness is the fraction of (view, wrong object) pairs in which the true
 object's d is the higher (ties count half): 0.5 says the ratio does not tell them apart, 1 that it always
 prefers the truth. d estimates log q_t / p_t with q the teacher's distribution, so the true object should
-look more like the teacher's (higher d). Needs a run with a discriminator.
+look more like the teacher's (higher d). Needs a run with a discriminator. The report also sums up the
+run's own ratio diagnostics (``metrics.jsonl``): per estimator phase, the fraction of the training views
+whose ratio was off both clamps.
 """
 from __future__ import annotations
 
@@ -86,6 +88,20 @@ def ratio_ranking(trainer: Trainer, step: int, views: int, bands: int, seed: int
     return entry
 
 
+def clamp_summary(run: Run) -> dict:
+    """From the run's ``metrics.jsonl``: per estimator (as in force at each record's step), the views its
+    "ratio" records summed up and the fraction of them with the ratio off both clamps."""
+    views, off = {}, {}
+    with open(run.paths.metrics) as records:
+        for record in map(json.loads, records):
+            if "ratio" in record:
+                estimator = run.config.guidance.estimator_at(record["step"] - 1)  # a record sums up the steps before it
+                views[estimator] = views.get(estimator, 0) + record["ratio"]["views"]
+                off[estimator] = off.get(estimator, 0.0) + record["ratio"]["off_clamps"] * record["ratio"]["views"]
+    return {estimator: {"views": views[estimator], "off_clamps": round(off[estimator] / views[estimator], 4)}
+            for estimator in views}
+
+
 def ratio_ranking_report(run_dir: str, steps: list[int], views: int, bands: int, seed: int) -> dict:
     run = Run.open(run_dir)
     if not is_canon_prompt(run.config.prompt):
@@ -98,7 +114,8 @@ def ratio_ranking_report(run_dir: str, steps: list[int], views: int, bands: int,
     for step in steps:
         trainer.load_step(step)
         report[str(step)] = ratio_ranking(trainer, step, views, bands, seed)
-    return {"run": str(run_dir), "prompt": run.config.prompt, "views": views, "seed": seed, "steps": report}
+    return {"run": str(run_dir), "prompt": run.config.prompt, "views": views, "seed": seed, "steps": report,
+            "off_clamps_by_estimator": clamp_summary(run)}
 
 
 def main(argv: list[str] | None = None) -> None:
