@@ -206,8 +206,8 @@ class ScoreDistillation(nn.Module):
         if self.fake_score is None:
             return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma)
         fake = once_per_input(profiled("guidance.fake_score", lambda x_t: self.fake_score.predict(x_t, t, cond, camera)))
-        logit = profiled("guidance.discriminator", lambda x_t: self.logit_at(fake(x_t).bottleneck, x_t)) \
-            if self.discriminator is not None else None
+        logit = None if self.discriminator is None else \
+            profiled("guidance.discriminator", lambda x_t: self.logit_at(fake(x_t).bottleneck, x_t))
         return Scores(teacher=lambda x_t: -teacher_eps(x_t) / sigma, fake=lambda x_t: -fake(x_t).eps / sigma, logit=logit)
 
     def logit_at(self, bottleneck: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -231,7 +231,8 @@ class ScoreDistillation(nn.Module):
         latents = sample.x0.detach()
         ratio = self.ratio_reading(sample, scores, t, step) if self.discriminator is not None else None
         with record_function("guidance.auxiliary_losses"):
-            auxiliary, diagnostics = self.auxiliary_losses(latents, views, step, generator) if self.fake_score else ({}, {})
+            auxiliary, diagnostics = ({}, {}) if self.fake_score is None else \
+                self.auxiliary_losses(latents, views, step, generator)
         return GuidanceOutput(generator_losses, auxiliary, t, latents, diagnostics, ratio)
 
     @torch.no_grad()
@@ -240,7 +241,7 @@ class ScoreDistillation(nn.Module):
         own logit: no further network call where it asked for one). A ratio map is read view by view: its mean h
         and the fractions of its locations at either clamp."""
         logit = scores.logit(sample.x_t.detach()).float()
-        at_low, at_high = (estimators.per_view(at_clamp.float()) for at_clamp in estimators.at_clamps(logit, self.spec.ratio))
+        at_low, at_high = (estimators.per_view(at.float()) for at in estimators.at_clamps(logit, self.spec.ratio))
         return RatioReading(t, self.raw_weight(logit, step), at_low, at_high)
 
     def raw_weight(self, logit: torch.Tensor, step: int) -> torch.Tensor:

@@ -204,7 +204,8 @@ def uni_instruct(sample: NoisedSample, scores: Scores, weight: torch.Tensor, opt
     y = s_p - s_q
     h, r_dh = divergence_weights(options.divergence, density_ratio(scores.logit(x_t), options.ratio), options.ratio,
                                  options.h_scale)
-    surrogate = per_sample(broadcast(h - r_dh, y) * y**2) - 2 * per_sample(broadcast(h, y) * y * (s_p - sample.conditional_score(x_t)))
+    cross = y * (s_p - sample.conditional_score(x_t))
+    surrogate = per_sample(broadcast(h - r_dh, y) * y**2) - 2 * per_sample(broadcast(h, y) * cross)
     return (weight * surrogate).mean()
 
 

@@ -1,7 +1,7 @@
 """Samples of the teacher for each view-dependent prompt: the "real" data of the discriminator.
 
-Drawn with the teacher's own sampler (``DiffusionTeacher.sample``: DDIM, or DPM-Solver++, which reaches a
-sample closer to what the teacher's full chain would draw in as many steps; classifier-free guidance).
+Drawn with the teacher's own sampler (``DiffusionTeacher.sample``: DDIM, or the second-order DPM-Solver++ on
+the same schedule; classifier-free guidance).
 ``bank_key`` names a bank by everything that changes it, so that a caller may cache banks on disk
 (the trainer does, in ``sample_bank.cache_dir``); the teacher's weights enter through a fingerprint,
 so a teacher retrained in place samples afresh.
