@@ -36,6 +36,10 @@ def test_the_command_reports_an_auc_per_band_and_kind_for_each_step(tiny_teacher
         assert list(bands) == ["0-499", "500-999"]
         for aucs in bands.values():
             assert set(aucs) == {"shape", "colour", "size"} and all(0 <= auc <= 1 for auc in aucs.values())
+    [(estimator, clamps)] = report["off_clamps_by_estimator"].items()  # the tiny config's one estimator, 6 steps
+    assert estimator == "uni-instruct" and clamps["views"] > 0 and 0 <= clamps["off_clamps"] <= 1
+    main([str(run)])  # without steps: only what the run's metrics say
+    assert json.loads(capsys.readouterr().out).keys() == {"run", "prompt", "off_clamps_by_estimator"}
 
 
 def test_a_run_without_a_discriminator_is_refused(tiny_teacher, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Is the density ratio informative? At a ShapeWorld run's checkpoints, does the discriminator's log-ratio
 rank renders of the prompt's true object above renders of a wrong one, from the same cameras (JSON)?
 
-    python -m threed.tools.ratio_ranking RUN_DIR --steps 150,300 [--views 16] [--bands 4] [--seed 0]
+    python -m threed.tools.ratio_ranking RUN_DIR [--steps 150,300] [--views 16] [--bands 4] [--seed 0]
 
 For each checkpointed step and each of ``--bands`` equal bands of t: ``--views`` cameras of the run's own
 distribution; the true object (the prompt's shape and colour, as the canon renders it), and wrong ones
@@ -104,6 +104,9 @@ def clamp_summary(run: Run) -> dict:
 
 def ratio_ranking_report(run_dir: str, steps: list[int], views: int, bands: int, seed: int) -> dict:
     run = Run.open(run_dir)
+    summary = {"run": str(run_dir), "prompt": run.config.prompt, "off_clamps_by_estimator": clamp_summary(run)}
+    if not steps:
+        return summary
     if not is_canon_prompt(run.config.prompt):
         raise UserError(f"{run.config.prompt!r} is not a ShapeWorld prompt: the ranking needs the true object's shape")
     trainer = run.trainer(run.load_teacher())
@@ -114,19 +117,19 @@ def ratio_ranking_report(run_dir: str, steps: list[int], views: int, bands: int,
     for step in steps:
         trainer.load_step(step)
         report[str(step)] = ratio_ranking(trainer, step, views, bands, seed)
-    return {"run": str(run_dir), "prompt": run.config.prompt, "views": views, "seed": seed, "steps": report,
-            "off_clamps_by_estimator": clamp_summary(run)}
+    return {**summary, "views": views, "seed": seed, "steps": report}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a ShapeWorld run folder with a discriminator and checkpoints of the steps")
-    parser.add_argument("--steps", required=True, help="comma-separated checkpointed steps")
+    parser.add_argument("--steps", default="", help="comma-separated checkpointed steps (none: only the run's "
+                        "off-clamp fractions, read from its metrics)")
     parser.add_argument("--views", type=int, default=16, help="cameras per band of t")
     parser.add_argument("--bands", type=int, default=4, help="equal bands of t")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args(argv)
-    steps = [int(step) for step in arguments.steps.split(",")]
+    steps = [int(step) for step in arguments.steps.split(",") if step]
     try:
         report = ratio_ranking_report(arguments.run_dir, steps, arguments.views, arguments.bands, arguments.seed)
     except UserError as error:
