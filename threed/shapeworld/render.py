@@ -108,10 +108,16 @@ def render_sdf(signed_distance: SignedDistance, albedo: torch.Tensor,
     return colours.reshape(*shape, 3), hits.hit.reshape(shape)
 
 
+def render_sdf_in_colour(signed_distance: SignedDistance, colour: str,
+                         cameras: CameraBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A surface in a canon colour seen by each camera: images [B, H, W, 3] in [0, 1], silhouettes [B, H, W]."""
+    albedo = cameras.c2w.new_tensor(ALBEDOS[colour]).expand(len(cameras), 3)
+    return render_sdf(signed_distance, albedo, cameras)
+
+
 def render_shape_with_mask(shape: str, colour: str, cameras: CameraBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """A canon object seen by each camera: images [B, H, W, 3] in [0, 1] and silhouettes [B, H, W] (bool)."""
-    albedo = cameras.c2w.new_tensor(ALBEDOS[colour]).expand(len(cameras), 3)
-    return render_sdf(SIGNED_DISTANCES[shape], albedo, cameras)
+    return render_sdf_in_colour(SIGNED_DISTANCES[shape], colour, cameras)
 
 
 def render_shape(shape: str, colour: str, cameras: CameraBatch) -> torch.Tensor:

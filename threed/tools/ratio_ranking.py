@@ -28,8 +28,8 @@ from guidance.estimators import per_view
 from threed.cameras import CameraBatch, sample_cameras
 from threed.errors import UserError
 from threed.run import Run
-from threed.shapeworld.canon import ALBEDOS, COLOURS, SHAPES, SIGNED_DISTANCES, is_canon_prompt, parse_prompt
-from threed.shapeworld.render import render_sdf
+from threed.shapeworld.canon import COLOURS, SHAPES, SIGNED_DISTANCES, is_canon_prompt, parse_prompt
+from threed.shapeworld.render import render_sdf_in_colour
 from threed.trainer import Trainer
 
 SIZES = (0.7, 1.4)
@@ -43,11 +43,6 @@ def wrong_objects(shape: str, colour: str) -> dict[str, list[tuple]]:
             "size": [(distance, colour) for distance in scaled]}
 
 
-def render(distance, colour: str, cameras: CameraBatch) -> torch.Tensor:
-    albedo = cameras.c2w.new_tensor(ALBEDOS[colour]).expand(len(cameras), 3)
-    return render_sdf(distance, albedo, cameras)[0]
-
-
 def ranking_auc(true_scores: torch.Tensor, wrong_scores: torch.Tensor) -> float:
     """true_scores [B], wrong_scores [K, B] (K wrong objects, the same B views): the fraction of pairs of a view's
     true and wrong score in which the true one is higher, ties counting half."""
@@ -56,13 +51,19 @@ def ranking_auc(true_scores: torch.Tensor, wrong_scores: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def log_ratios(trainer: Trainer, images: torch.Tensor, cameras: CameraBatch, t: torch.Tensor, eps: torch.Tensor,
+def encoded_render(trainer: Trainer, distance, colour: str, cameras: CameraBatch) -> torch.Tensor:
+    """A surface in a canon colour seen by ``cameras``, in the teacher's space: x_0 [B, C, h, w]."""
+    images = render_sdf_in_colour(distance, colour, cameras)[0]
+    return trainer.guidance.teacher.encode(images.permute(0, 3, 1, 2)).float()
+
+
+@torch.no_grad()
+def log_ratios(trainer: Trainer, x0: torch.Tensor, cameras: CameraBatch, t: torch.Tensor, eps: torch.Tensor,
                step: int) -> torch.Tensor:
-    """The discriminator's log-ratio [B] of images [B, H, W, 3] seen by ``cameras``, noised with ``eps`` at t [B]
-    (a logit map's mean over the view)."""
+    """The discriminator's log-ratio [B] of encoded views x0 [B, C, h, w] seen by ``cameras``, noised with ``eps`` at
+    t [B] (a logit map's mean over the view)."""
     guidance = trainer.guidance
-    views = ViewBatch(images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
-    x0 = guidance.teacher.encode(images.permute(0, 3, 1, 2)).float()
+    views = ViewBatch(x0, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)  # scores read only the cameras
     alpha, sigma = guidance.teacher.alpha_sigma(t)
     return per_view(guidance.scores(views, t, sigma, step).logit(alpha * x0 + sigma * eps).float())
 
@@ -72,18 +73,18 @@ def ratio_ranking(trainer: Trainer, step: int, views: int, bands: int, seed: int
     shape, colour = parse_prompt(trainer.config.prompt)
     generator = torch.Generator(trainer.device).manual_seed(seed)
     cameras = sample_cameras(dataclasses.replace(trainer.config.camera, batch_size=views), generator, step)
-    true_images = render(SIGNED_DISTANCES[shape], colour, cameras)
-    wrong_images = {kind: [render(d, c, cameras) for d, c in objects] for kind, objects in wrong_objects(shape, colour).items()}
+    true_x0 = encoded_render(trainer, SIGNED_DISTANCES[shape], colour, cameras)  # each object encoded once
+    wrong_x0 = {kind: [encoded_render(trainer, d, c, cameras) for d, c in objects]
+                for kind, objects in wrong_objects(shape, colour).items()}
     n = trainer.guidance.teacher.num_train_timesteps
-    sample_shape = trainer.guidance.teacher.encode(true_images.permute(0, 3, 1, 2)).shape  # [B, C, h, w]
     entry = {}
     for band in range(bands):
         low, high = band * n // bands, (band + 1) * n // bands
         t = torch.randint(low, high, (views,), generator=generator, device=generator.device)
-        eps = torch.randn(sample_shape, generator=generator, device=generator.device)
-        true_d = log_ratios(trainer, true_images, cameras, t, eps, step)
-        aucs = {kind: ranking_auc(true_d, torch.stack([log_ratios(trainer, images, cameras, t, eps, step) for images in wrong]))
-                for kind, wrong in wrong_images.items()}
+        eps = torch.randn(true_x0.shape, generator=generator, device=generator.device)
+        true_d = log_ratios(trainer, true_x0, cameras, t, eps, step)
+        aucs = {kind: ranking_auc(true_d, torch.stack([log_ratios(trainer, x0, cameras, t, eps, step) for x0 in wrong]))
+                for kind, wrong in wrong_x0.items()}
         entry[f"{low}-{high - 1}"] = {kind: round(auc, 4) for kind, auc in aucs.items()}
     return entry
 
