@@ -121,8 +121,14 @@ def test_quality_table_scores_every_prompt_method_and_seed_and_reuses_runs(fast_
     assert iou == pytest.approx(evaluate_mesh(load_mesh(cell_mesh), "a red cube")["iou"], abs=5e-4)
     assert gain == pytest.approx(1 - chamfer / initial_chamfer, abs=0.01) and initial_chamfer > 0
     assert all(line.split(" | ")[-1] == f"{torch.get_num_threads()} |" for line in runs)  # the cells' own threads
+    from threed.compare import diversity
+
+    cube_meshes = [load_mesh(cell_mesh.parents[2] / f"seed{seed}" / "mesh" / "model.ply") for seed in (0, 1)]
+    [diversities] = [line.split(" | ") for line in lines if line.startswith("| sds | ") and " ± " in line
+                     and " / " not in line and line.count(" | ") == 4]  # sds, the two prompts, the mean, no difference
+    assert float(diversities[1]) == pytest.approx(diversity(cube_meshes), abs=5e-5)
     cube_gains = [float(line.split(" | ")[5]) for line in runs[:2]]
-    [per_shape] = [line for line in lines if line.startswith("| sds |")]
+    [per_shape] = [line for line in lines if line.startswith("| sds |") and " / " in line]
     assert float(per_shape.split(" | ")[1].split(" / ")[0]) == pytest.approx(np.mean(cube_gains), abs=0.006)  # two seeds' median
 
     caplog.clear()
@@ -146,6 +152,23 @@ def test_quality_table_medians_per_method_and_shape():
                  if line.startswith(("| sds", "| vsd")) and " / " in line}
     assert per_shape["| sds"] == ["0.70 / 0.0300", "0.50 / 0.0500", "0.0400 |"]
     assert per_shape["| vsd"] == ["0.60 / 0.0400", "0.50 / 0.0500", "0.0450 |"]
+
+
+def test_quality_table_compares_the_diversity_of_methods_prompt_by_prompt():
+    from threed.tools.quality_table import markdown
+
+    rows = [{"prompt": f"a red {shape}", "shape": shape, "method": method, "seed": 0, "chamfer": 0.03,
+             "initial_chamfer": 0.1, "shape_gain": 0.7, "iou": 0.5, "color_error": 0.05, "wall_time_s": 60.0,
+             "threads": 1} for method in ("uni-instruct:fkl", "uni-instruct:rkl") for shape in ("cube", "cone")]
+    diversities = [{"prompt": "a red cube", "method": "uni-instruct:fkl", "diversity": 0.010},
+                   {"prompt": "a red cone", "method": "uni-instruct:fkl", "diversity": 0.030},
+                   {"prompt": "a red cube", "method": "uni-instruct:rkl", "diversity": 0.016},
+                   {"prompt": "a red cone", "method": "uni-instruct:rkl", "diversity": 0.028}]
+    lines = markdown(rows, "header", diversities).splitlines()
+    [fkl] = [line.split(" | ") for line in lines if line.startswith("| uni-instruct:fkl | 0.0100 |")]
+    [rkl] = [line.split(" | ") for line in lines if line.startswith("| uni-instruct:rkl | 0.0160 |")]
+    assert fkl[1:] == ["0.0100", "0.0300", "0.0200 ± 0.0100", " |"]  # no difference from itself
+    assert rkl[1:] == ["0.0160", "0.0280", "0.0220 ± 0.0060", "+0.0020 ± 0.0040 (1/2) |"]  # +0.006 and -0.002
 
 
 def test_quality_table_checks_the_prompts_before_training(capsys):

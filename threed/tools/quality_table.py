@@ -1,7 +1,8 @@
 """The ShapeWorld quality table of BENCHMARKS.md: one prompt of each shape, each method, each seed: the
 evaluator's Chamfer distance, IoU and colour error, the shape gain (1 - Chamfer / the Chamfer of the run's
 own initial field), the wall time of the run; then each method's medians over the seeds for every shape,
-and, for several methods, their means with standard errors and their paired differences from the first.
+its diversity (the mean pairwise Chamfer distance between the seeds' meshes of each prompt), and, for several
+methods, their means with standard errors and their paired differences from the first.
 
     python -m threed.tools.quality_table --methods sds,vsd,uni-instruct:fkl --seeds 0,1,2 --workers 2 --out quality.md
     python -m threed.tools.quality_table --methods uni-instruct:fkl --seeds 0,1 --then configs/shapeworld-geometry.yaml \
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 
 from threed.cells import Cell, Method, parse_methods, parse_seeds, plan_cells
+from threed.compare import diversity
 from threed.config import override
 from threed.errors import UserError
 from threed.export import load_mesh
-from threed.paired_statistics import paired_comparison
+from threed.paired_statistics import mean_and_error, paired_comparison
 from threed.run import Run
 from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
@@ -64,22 +66,27 @@ def score_cell(cell: Cell, prompt: str) -> dict:
 
 
 def quality_rows(config: str, overrides: list[str], methods: list[Method], prompts: list[str], seeds: list[int],
-                 runner: CellRunner, stages: list[str] = ()) -> list[dict]:
-    """Trains what is missing (all prompts' runs, each followed by the mesh ``stages``, through one runner) and
-    scores every prompt x method x seed cell: one dict of METRICS per cell."""
+                 runner: CellRunner, stages: list[str] = ()) -> tuple[list[dict], list[dict]]:
+    """Trains what is missing (all prompts' runs, each followed by the mesh ``stages``, through one runner);
+    returns one dict of METRICS per prompt x method x seed cell, and one diversity per prompt x method."""
     cells_of = {prompt: plan_cells(config, [*overrides, override("prompt", prompt)], methods, seeds, stages)[2]
                 for prompt in prompts}
     runner.run([cell for cells in cells_of.values() for cell in cells])
-    return [score_cell(cell, prompt) for prompt, cells in cells_of.items() for cell in cells]
+    rows = [score_cell(cell, prompt) for prompt, cells in cells_of.items() for cell in cells]
+    diversities = [{"prompt": prompt, "method": method.label,
+                    "diversity": diversity([load_mesh(c.mesh) for c in cells if c.method == method])}
+                   for prompt, cells in cells_of.items() for method in methods]
+    return rows, diversities
 
 
 def median_of(rows: list[dict], key: str, **match) -> float:
     return float(np.median([r[key] for r in rows if all(r[k] == v for k, v in match.items())]))
 
 
-def markdown(rows: list[dict], header: str) -> str:
+def markdown(rows: list[dict], header: str, diversities: list[dict] = ()) -> str:
     """Per-run rows and each method's medians over all its runs; then, per method and shape, the medians
-    over the seeds of the shape gain and the Chamfer distance."""
+    over the seeds of the shape gain and the Chamfer distance; the ``diversities`` (see ``quality_rows``) of
+    several seeds; for several methods, their paired comparison."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
     shapes = list(dict.fromkeys(row["shape"] for row in rows))
     lines = [header, "", "| prompt | method | seed | Chamfer | initial Chamfer | shape gain | IoU | colour error | "
@@ -100,11 +107,35 @@ def markdown(rows: list[dict], header: str) -> str:
                      for s in shapes]
         lines.append(f"| {method} | " + " | ".join(f"{gain:.2f} / {chamfer:.4f}" for gain, chamfer in per_shape) +
                      f" | {np.median([chamfer for _, chamfer in per_shape]):.4f} |")
+    if any(d["diversity"] is not None for d in diversities):
+        lines += diversity_comparison(diversities, methods)
     if len(methods) > 1:
         lines += paired_comparison(rows, methods)
     if "stage1_chamfer" in rows[0]:
         lines += stage_comparison(rows, methods, shapes)
     return "\n".join(lines) + "\n"
+
+
+def diversity_comparison(diversities: list[dict], methods: list[str]) -> list[str]:
+    """Markdown lines: each method's diversity on every prompt, its mean over the prompts (± standard error),
+    and its difference from the first method's on the same prompts (± standard error; prompts where it is the
+    more diverse)."""
+    prompts = list(dict.fromkeys(d["prompt"] for d in diversities))
+    of = {(d["method"], d["prompt"]): d["diversity"] for d in diversities}
+    reference = methods[0]
+    lines = ["", "Diversity, the mean pairwise Chamfer distance between the seeds' meshes of a prompt (higher: the "
+                 f"seeds differ more); mean over the prompts, and the difference from {reference} on the same prompts:",
+             "", "| method | " + " | ".join(prompts) + f" | mean | − {reference} |", "|---|" + "---|" * (len(prompts) + 2)]
+    for method in methods:
+        mine = [of[(method, prompt)] for prompt in prompts]
+        mean, error = mean_and_error(mine)
+        difference = ""
+        if method != reference:
+            differences = [a - of[(reference, prompt)] for a, prompt in zip(mine, prompts)]
+            change, change_error = mean_and_error(differences)
+            difference = f"{change:+.4f} ± {change_error:.4f} ({sum(d > 0 for d in differences)}/{len(prompts)})"
+        lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {mean:.4f} ± {error:.4f} | {difference} |")
+    return lines
 
 
 def stage_comparison(rows: list[dict], methods: list[str], shapes: list[str]) -> list[str]:
@@ -149,14 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     except (UserError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     try:
-        rows = quality_rows(arguments.config, arguments.overrides, methods, prompts, seeds,
+        rows, diversities = quality_rows(arguments.config, arguments.overrides, methods, prompts, seeds,
                             CellRunner(workers=arguments.workers), arguments.then)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     stages = "".join(f" then `{stage}`" for stage in arguments.then)
     header = (f"Config `{arguments.config}`{stages} {' '.join(arguments.overrides)}, seeds {','.join(map(str, seeds))}; "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}; each run's CPU threads in its row")
-    arguments.out.write_text(markdown(rows, header))
+    arguments.out.write_text(markdown(rows, header, diversities))
     print(arguments.out.read_text())
 
 
