@@ -41,6 +41,10 @@ class FieldSpec:
     blob_shape: str = field(default="magic3d", metadata={"choices": BLOB_SHAPES})
     blob_density: float = 10.0
     blob_radius: float = field(default=0.5, metadata={"range": (0.01, None)})  # magic3d's radius, dreamfusion's std
+    # The blob's largest raw density (None: no cap). A flat top keeps the ball opaque while leaving the
+    # field a small step to carve through it (a torus's hole), where an uncapped magic3d blob asks it to
+    # undo blob_density at the centre.
+    blob_cap: float | None = None
     normal_method: str = field(default="finite_difference", metadata={"choices": NORMAL_METHODS})
     normal_eps: float = field(default=0.01, metadata={"range": (1e-6, None)})  # finite-difference step
     occupancy: OccupancySpec = field(default_factory=OccupancySpec)
@@ -90,8 +94,10 @@ class RadianceField(nn.Module):
 
     def _blob(self, points: torch.Tensor) -> torch.Tensor:
         if self.spec.blob_shape == "magic3d":
-            return self.spec.blob_density * (1.0 - points.norm(dim=-1) / self.spec.blob_radius)
-        return self.spec.blob_density * torch.exp(-0.5 * (points**2).sum(-1) / self.spec.blob_radius**2)
+            blob = self.spec.blob_density * (1.0 - points.norm(dim=-1) / self.spec.blob_radius)
+        else:
+            blob = self.spec.blob_density * torch.exp(-0.5 * (points**2).sum(-1) / self.spec.blob_radius**2)
+        return blob if self.spec.blob_cap is None else blob.clamp(max=self.spec.blob_cap)
 
     def normals(self, points: torch.Tensor) -> torch.Tensor:
         """points: [N, 3] -> unit normals [N, 3], the negated normalised density gradient (differentiable)."""

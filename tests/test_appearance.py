@@ -41,6 +41,17 @@ def test_dreamfusion_blob_is_a_gaussian_bump():
     torch.testing.assert_close(density.log(), torch.tensor([5.0, 5.0 * math.exp(-0.5)]))
 
 
+def test_a_capped_blob_has_a_flat_top_and_the_same_surface():
+    torch.manual_seed(0)
+    field = RadianceField(FieldSpec(grid=SMALL_GRID, blob_density=20.0, blob_radius=0.34, blob_cap=5.0,
+                                    density_activation="exp"))
+    torch.nn.init.zeros_(field.density_net[-1].weight), torch.nn.init.zeros_(field.density_net[-1].bias)
+    radii = torch.tensor([0.0, 0.1, 0.25, 0.3, 0.34])
+    points = torch.stack([radii, torch.zeros(5), torch.zeros(5)], dim=-1)
+    uncapped = 20.0 * (1.0 - radii / 0.34)  # 20, 14.1, 5.29, 2.35, 0
+    torch.testing.assert_close(field.density(points).log(), torch.minimum(uncapped, torch.tensor(5.0)))
+
+
 def test_shading_modes():
     spec = ShadingSpec(model="diffuse", ambient=0.1, diffuse=0.9)
     albedo = torch.tensor([[0.5, 0.2, 0.8], [0.5, 0.2, 0.8]])
