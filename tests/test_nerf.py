@@ -316,6 +316,36 @@ def test_mesh_export_fills_the_hollow_inside_and_can_drop_floaters():
     assert cleaned.visual.vertex_colors.shape == (len(cleaned.vertices), 4)
 
 
+class PiercedShellField(HollowBallAndFloaterField):
+    """The hollow ball's shell (0.2 < |x| < 0.35) with a straight opening of ``opening_radius`` along +x
+    from its hollow to the outside: a tunnel when narrow, a bowl's mouth when wide."""
+
+    def __init__(self, opening_radius: float):
+        super().__init__()
+        self.opening_radius = opening_radius
+
+    def density(self, points):
+        distance = points.norm(dim=-1)
+        opening = (points[:, 0] > 0) & (points[:, 1:].norm(dim=-1) < self.opening_radius)
+        return 20.0 * ((distance > 0.2) & (distance < 0.35) & ~opening).float()
+
+
+@pytest.mark.parametrize("opening_radius, closed", [(0.03, True), (0.15, False)])
+def test_cavity_closing_seals_narrow_tunnels_and_keeps_wide_openings(opening_radius, closed):
+    from threed.export import ExportSpec, extract_mesh
+
+    field = PiercedShellField(opening_radius)  # resolution 64 over [-1, 1]: voxels of 0.032
+
+    def has_inner_surface(mesh) -> bool:  # the hollow's wall, at |x| = 0.2
+        return bool((np.linalg.norm(mesh.vertices, axis=1) < 0.27).any())
+
+    assert has_inner_surface(extract_mesh(field, ExportSpec(resolution=64)))  # the outside reaches the hollow
+    sealed = extract_mesh(field, ExportSpec(resolution=64, cavity_closing=2))
+    assert has_inner_surface(sealed) != closed  # a tunnel 2 voxels wide is sealed, a mouth 9 voxels wide is not
+    if closed:
+        assert sealed.volume == pytest.approx(4 / 3 * np.pi * 0.35**3, rel=0.1)  # a solid ball
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("tinycudann") is None,
                     reason="tiny-cuda-nn parity needs CUDA and tinycudann")
 def test_tiny_cuda_nn_and_pytorch_hash_grids_agree():

@@ -32,6 +32,10 @@ class ExportSpec:
     # A NeRF is often hollow (only its shell is ever seen): pockets of low density that the outside
     # cannot reach count as inside, so the mesh is the outer surface alone.
     fill_cavities: bool = True
+    # Pockets the outside reaches only through openings narrower than about twice this many voxels count
+    # as inside too (a morphological closing of the solid before the fill): a field carved from a capped
+    # blob (geometry.blob_cap) leaves tunnels in its unseen interior. 0: only sealed pockets.
+    cavity_closing: int = dataclasses.field(default=0, metadata={"range": (0, 16)})
     # Pieces with fewer faces than this fraction of the largest piece's (floaters) are left out.
     min_component_fraction: float = dataclasses.field(default=0.0, metadata={"range": (0.0, 1.0)})
     # The GLB's and OBJ's texture: its side in texels, and the texels kept free around each UV chart.
@@ -75,14 +79,20 @@ def extract_mesh(field: RadianceField, spec: ExportSpec) -> trimesh.Trimesh:
             f"Set export.threshold inside that range, or train longer"
         )
     if spec.fill_cavities:
-        solid = volume > spec.threshold
-        volume[ndimage.binary_fill_holes(solid) & ~solid] = volume.max()
+        volume[inside_cavities(volume > spec.threshold, spec.cavity_closing)] = volume.max()
     vertices, faces = mcubes.marching_cubes(volume, spec.threshold)
     vertices = vertices / (spec.resolution - 1) * (2 * radius) - radius  # mcubes' faces already point to low density
     _, albedo = query_field(field, torch.as_tensor(vertices, dtype=torch.float32, device=device))
     colors = (albedo.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
     return without_small_components(mesh, spec.min_component_fraction) if spec.min_component_fraction > 0 else mesh
+
+
+def inside_cavities(solid: np.ndarray, closing: int) -> np.ndarray:
+    """solid: [R, R, R] bool -> the empty voxels that count as inside: those the outside cannot reach once
+    openings narrower than about ``2 * closing`` voxels are closed (``closing`` 0: sealed pockets only)."""
+    sealed = ndimage.binary_closing(solid, iterations=closing) if closing else solid
+    return ndimage.binary_fill_holes(sealed) & ~solid
 
 
 def without_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trimesh.Trimesh:
