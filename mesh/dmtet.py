@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from scipy import ndimage
 from torch import nn
 
+from mesh.cavities import inside_cavities
 from mesh.rasterize import face_neighbours
 from mesh.tetrahedra import marching_tetrahedra, tetrahedral_grid, unique_pairs
 
@@ -53,12 +53,13 @@ class DMTetGeometry(nn.Module):
 
     @torch.no_grad()
     def initialize_from_density(self, density: Callable[[torch.Tensor], torch.Tensor], threshold: float,
-                                fill_cavities: bool = True, chunk: int = 65536) -> None:
+                                fill_cavities: bool = True, cavity_closing: int = 0, chunk: int = 65536) -> None:
         """sdf = (threshold - density) / threshold at every grid vertex (``density``: points [N, 3] -> [N]), no
         deformation: marching tetrahedra then finds the surface where the density crosses ``threshold``
         (any positive scale keeps the linear interpolation's crossing), as a NeRF's export does. With
         ``fill_cavities``, vertices below the threshold that the grid's boundary cannot reach (a NeRF's
-        hollow inside) count as inside, so the surface is the outer one alone, as the export's is."""
+        hollow inside) count as inside, so the surface is the outer one alone, as the export's is; so do those
+        it reaches only through openings narrower than about ``2 * cavity_closing`` grid cells."""
         if threshold <= 0:
             raise ValueError(f"the density threshold must be positive, got {threshold}")
         values = torch.cat([density(points) for points in self.grid_vertices.split(chunk)])
@@ -66,7 +67,7 @@ class DMTetGeometry(nn.Module):
         if fill_cavities:
             side = self.spec.resolution + 1  # the grid's vertices are a lattice, x slowest
             solid = (self.sdf < 0).view(side, side, side).cpu().numpy()
-            cavity = torch.as_tensor(ndimage.binary_fill_holes(solid) & ~solid, device=self.sdf.device).view(-1)
+            cavity = torch.as_tensor(inside_cavities(solid, cavity_closing), device=self.sdf.device).view(-1)
             self.sdf[cavity] = -1.0
         self.deformation.zero_()
 

@@ -28,6 +28,20 @@ def test_a_density_starts_the_surface_where_it_crosses_the_threshold(ball):
         ball.initialize_from_density(ball_density, threshold=0.0)
 
 
+def test_cavity_closing_seals_a_hollow_that_a_narrow_tunnel_opens():
+    def pierced_shell(points: torch.Tensor) -> torch.Tensor:  # the hollow ball, with a tunnel 2 cells wide along +x
+        tunnel = (points[:, 0] > 0) & (points[:, 1:].norm(dim=-1) < 0.03)
+        return torch.where(tunnel, 0.0, 10.0 - 50.0 * ((points.norm(dim=-1) - 0.25).abs()))
+
+    inner = []  # whether the surface has the hollow's wall (|x| = 0.15)
+    for closing in (0, 2):
+        geometry = DMTetGeometry(DMTetSpec(resolution=32, half_size=0.5))
+        geometry.initialize_from_density(pierced_shell, threshold=5.0, cavity_closing=closing)
+        points, _ = geometry.surface()
+        inner.append(bool((points.norm(dim=-1) < 0.2).any()))
+    assert inner == [True, False]  # the plain fill cannot reach a hollow the outside reaches; the closing does
+
+
 def test_a_hollow_density_starts_the_outer_surface_alone():
     def shell(points: torch.Tensor) -> torch.Tensor:  # above the threshold between radii 0.15 and 0.35: a hollow ball
         return 10.0 - 50.0 * ((points.norm(dim=-1) - 0.25).abs())

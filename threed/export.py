@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import trimesh
 from PIL import Image
-from scipy import ndimage
 
+from mesh.cavities import inside_cavities
 from mesh.texture import bake, unwrap
 from nerf.field import RadianceField
 from threed.errors import UserError
@@ -86,13 +86,6 @@ def extract_mesh(field: RadianceField, spec: ExportSpec) -> trimesh.Trimesh:
     colors = (albedo.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
     return without_small_components(mesh, spec.min_component_fraction) if spec.min_component_fraction > 0 else mesh
-
-
-def inside_cavities(solid: np.ndarray, closing: int) -> np.ndarray:
-    """solid: [R, R, R] bool -> the empty voxels that count as inside: those the outside cannot reach once
-    openings narrower than about ``2 * closing`` voxels are closed (``closing`` 0: sealed pockets only)."""
-    sealed = ndimage.binary_closing(solid, iterations=closing) if closing else solid
-    return ndimage.binary_fill_holes(sealed) & ~solid
 
 
 def without_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trimesh.Trimesh:

@@ -94,11 +94,12 @@ class MeshRepresentation(Representation):
 
     @classmethod
     def from_density(cls, spec: MeshStageSpec, field: RadianceField, threshold: float, background_color: list[float],
-                     fixed: bool = False, fill_cavities: bool = True) -> "MeshRepresentation":
+                     fixed: bool = False, fill_cavities: bool = True, cavity_closing: int = 0) -> "MeshRepresentation":
         """DMTet's surface where ``field``'s density crosses ``threshold`` (the NeRF's exported one, its hollows
-        filled with ``fill_cavities``; trained, or ``fixed``), coloured by a copy of ``field``."""
+        filled with ``fill_cavities`` and ``cavity_closing`` as the export fills them; trained, or ``fixed``),
+        coloured by a copy of ``field``."""
         geometry = DMTetGeometry(spec.grid).to(next(field.parameters()).device)
-        geometry.initialize_from_density(field.density, threshold, fill_cavities)
+        geometry.initialize_from_density(field.density, threshold, fill_cavities, cavity_closing)
         if not (geometry.sdf < 0).any() or not (geometry.sdf > 0).any():
             raise EmptyMeshError(f"the source field's density does not cross {threshold} on the stage's grid "
                                  f"({spec.grid.resolution} cells over [-{spec.grid.half_size}, {spec.grid.half_size}]^3): "

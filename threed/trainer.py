@@ -59,8 +59,9 @@ def build_representation(config: Config, device: torch.device | str = "cpu", sta
     if isinstance(source, NeRFRepresentation):
         # The NeRF run's exported surface (at its export.threshold, its hollows filled as its export fills
         # them) and a copy of its colour field, with the NeRF run's field settings, whatever the stage's say.
-        return MeshRepresentation.from_density(config.mesh, source.field, source_config.export.threshold,
-                                               config.background.color, fixed, source_config.export.fill_cavities).to(device)
+        export = source_config.export
+        return MeshRepresentation.from_density(config.mesh, source.field, export.threshold, config.background.color,
+                                               fixed, export.fill_cavities, export.cavity_closing).to(device)
     if not fixed:
         raise ConfigError(f"mesh.start_from={config.mesh.start_from} is a mesh stage's run: the geometry stage "
                           "(representation=dmtet) starts from a NeRF run, the texture stage from either")

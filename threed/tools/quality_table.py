@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {error}") from None
     try:
         rows, diversities = quality_rows(arguments.config, arguments.overrides, methods, prompts, seeds,
-                            CellRunner(workers=arguments.workers), arguments.then)
+                                         CellRunner(workers=arguments.workers), arguments.then)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     stages = "".join(f" then `{stage}`" for stage in arguments.then)
