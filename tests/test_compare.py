@@ -168,7 +168,7 @@ def test_quality_table_compares_the_diversity_of_methods_prompt_by_prompt():
     [fkl] = [line.split(" | ") for line in lines if line.startswith("| uni-instruct:fkl | 0.0100 |")]
     [rkl] = [line.split(" | ") for line in lines if line.startswith("| uni-instruct:rkl | 0.0160 |")]
     assert fkl[1:] == ["0.0100", "0.0300", "0.0200 ± 0.0100", " |"]  # no difference from itself
-    assert rkl[1:] == ["0.0160", "0.0280", "0.0220 ± 0.0060", "+0.0020 ± 0.0040 (1/2) |"]  # +0.006 and -0.002
+    assert rkl[1:] == ["0.0160", "0.0280", "0.0220 ± 0.0060", "+0.0020 ± 0.0040, median +0.0020 (1/2) |"]  # +0.006 and -0.002
 
 
 def test_quality_table_checks_the_prompts_before_training(capsys):
@@ -206,6 +206,14 @@ def test_quality_table_with_mesh_stages_scores_the_last_stage_beside_stage_one(t
     assert caplog.text.count("finished, skipped") == 1
 
 
+def test_a_paired_difference_gives_its_mean_error_median_and_wins():
+    from threed.paired_statistics import paired_difference
+
+    # mean +0.001 (one large loss), median -0.001: two of three pairs are won when lower is better
+    assert paired_difference([0.006, -0.002, -0.001], better=-1) == "+0.0010 ± 0.0025, median -0.0010 (2/3)"
+    assert paired_difference([0.006, -0.002, -0.001], better=1).endswith("(1/3)")
+
+
 def test_quality_table_pairs_the_methods_on_the_same_prompts_and_seeds():
     from threed.tools.quality_table import markdown
 
@@ -218,4 +226,4 @@ def test_quality_table_pairs_the_methods_on_the_same_prompts_and_seeds():
     [sds] = [line.split(" | ") for line in lines if line.startswith("| sds | 6 |")]
     assert fkl[2] == "0.0400 ± 0.0037"  # seeds 0.03, 0.04, 0.05 on each shape: sd 0.00894 over six runs
     # The seeds differ by far more than the methods, yet every pair says sds is 0.002 worse.
-    assert sds[5] == "+0.0020 ± 0.0000 (0/6)" and sds[6] == "+0.0000 ± 0.0000 (0/6)"
+    assert sds[5] == "+0.0020 ± 0.0000, median +0.0020 (0/6)" and sds[6] == "+0.0000 ± 0.0000, median +0.0000 (0/6)"

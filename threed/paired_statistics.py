@@ -13,17 +13,25 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
     return float(values.mean()), float(error)
 
 
+def paired_difference(differences: list[float], better: int) -> str:
+    """Paired differences (a method's value minus the reference's on the same prompt and seed) as
+    "mean ± standard error, median M (wins/pairs)", a win being a difference of sign ``better``."""
+    mean, error = mean_and_error(differences)
+    wins = sum(better * d > 0 for d in differences)
+    return f"{mean:+.4f} ± {error:.4f}, median {float(np.median(differences)):+.4f} ({wins}/{len(differences)})"
+
+
 PAIRED = (("chamfer", "Chamfer", -1), ("iou", "IoU", 1), ("color_error", "colour error", -1))  # key, name, better sign
 
 
 def paired_comparison(rows: list[dict], methods: list[str]) -> list[str]:
     """Markdown lines: each method's means over all its runs with their standard errors, and its differences
-    from the first method on the same prompts and seeds (paired: mean difference, standard error, and in how
-    many pairs it was the better)."""
+    from the first method on the same prompts and seeds (paired: mean difference, standard error, median
+    difference, and in how many pairs it was the better)."""
     reference = methods[0]
     by_run = {(r["method"], r["prompt"], r["seed"]): r for r in rows}
     lines = ["", f"Means over prompts and seeds (± standard error), and paired differences from {reference} on the "
-                 "same prompt and seed (± standard error; pairs where the method is the better):", "",
+                 "same prompt and seed (± standard error, the median difference, and the pairs where the method is the better):", "",
              "| method | runs | Chamfer | IoU | colour error | " + " | ".join(f"{name} − {reference}" for _, name, _ in PAIRED) + " |",
              "|---|---|" + "---|" * (3 + len(PAIRED))]
     for method in methods:
@@ -36,9 +44,7 @@ def paired_comparison(rows: list[dict], methods: list[str]) -> list[str]:
             if method == reference or not pairs:
                 differences.append("")
                 continue
-            mean, error = mean_and_error([a - b for a, b in pairs])
-            wins = sum(better * (a - b) > 0 for a, b in pairs)
-            differences.append(f"{mean:+.4f} ± {error:.4f} ({wins}/{len(pairs)})")
+            differences.append(paired_difference([a - b for a, b in pairs], better))
         lines.append(f"| {method} | {len(mine)} | " + " | ".join(f"{m:.4f} ± {e:.4f}" for m, e in means) + " | "
                      + " | ".join(differences) + " |")
     return lines

@@ -28,7 +28,7 @@ from threed.compare import diversity
 from threed.config import override
 from threed.errors import UserError
 from threed.export import load_mesh
-from threed.paired_statistics import mean_and_error, paired_comparison
+from threed.paired_statistics import mean_and_error, paired_comparison, paired_difference
 from threed.run import Run
 from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
@@ -118,8 +118,8 @@ def markdown(rows: list[dict], header: str, diversities: list[dict] = ()) -> str
 
 def diversity_comparison(diversities: list[dict], methods: list[str]) -> list[str]:
     """Markdown lines: each method's diversity on every prompt, its mean over the prompts (± standard error),
-    and its difference from the first method's on the same prompts (± standard error; prompts where it is the
-    more diverse)."""
+    and its difference from the first method's on the same prompts (± standard error, median; prompts where it
+    is the more diverse)."""
     prompts = list(dict.fromkeys(d["prompt"] for d in diversities))
     of = {(d["method"], d["prompt"]): d["diversity"] for d in diversities}
     reference = methods[0]
@@ -131,9 +131,7 @@ def diversity_comparison(diversities: list[dict], methods: list[str]) -> list[st
         mean, error = mean_and_error(mine)
         difference = ""
         if method != reference:
-            differences = [a - of[(reference, prompt)] for a, prompt in zip(mine, prompts)]
-            change, change_error = mean_and_error(differences)
-            difference = f"{change:+.4f} ± {change_error:.4f} ({sum(d > 0 for d in differences)}/{len(prompts)})"
+            difference = paired_difference([a - of[(reference, prompt)] for a, prompt in zip(mine, prompts)], better=1)
         lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {mean:.4f} ± {error:.4f} | {difference} |")
     return lines
 
