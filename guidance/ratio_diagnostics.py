@@ -31,6 +31,12 @@ def t_bands(t: torch.Tensor, num_train_timesteps: int, bands: int) -> torch.Tens
     return (t.long() * bands // num_train_timesteps).clamp(0, bands - 1)
 
 
+def band_edges(num_train_timesteps: int, bands: int) -> list[tuple[int, int]]:
+    """The [low, high) integer timesteps of each band, in order: exactly those ``t_bands`` assigns to it."""
+    lows = [-(-band * num_train_timesteps // bands) for band in range(bands + 1)]  # ceil(band * n / bands)
+    return list(zip(lows[:-1], lows[1:]))
+
+
 class RatioMonitor:
     """Accumulates readings (on their device, no synchronisation) and sums them up at each metrics record."""
 

@@ -5,7 +5,7 @@ import torch
 
 from guidance.divergences import get_divergence
 from guidance.estimators import RatioSpec, at_clamps, divergence_weights
-from guidance.ratio_diagnostics import RatioMonitor, RatioReading, RunningMeans
+from guidance.ratio_diagnostics import RatioMonitor, RatioReading, RunningMeans, band_edges, t_bands
 
 
 def test_clamps_are_found_on_the_logit_and_on_the_ratio():
@@ -61,3 +61,11 @@ def test_h_divided_by_given_scales_keeps_the_weights_ratio():
     scaled_h, scaled_r_dh = divergence_weights(fkl, ratio, RatioSpec(), h_scale=torch.tensor([2.0, 4.0]))
     torch.testing.assert_close(scaled_h, h / torch.tensor([2.0, 4.0]))
     torch.testing.assert_close(scaled_r_dh, r_dh / torch.tensor([2.0, 4.0]))
+
+
+def test_band_edges_hold_exactly_the_timesteps_each_band_is_assigned():
+    assert band_edges(1000, 4) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    for n, bands in ((1000, 3), (7, 4)):  # bands that do not divide the range evenly
+        t = torch.arange(n)
+        for index, (low, high) in enumerate(band_edges(n, bands)):
+            assert torch.equal(t_bands(t, n, bands) == index, (t >= low) & (t < high))

@@ -25,6 +25,7 @@ import torch
 
 from guidance.distillation import ViewBatch
 from guidance.estimators import per_view
+from guidance.ratio_diagnostics import band_edges
 from threed.cameras import CameraBatch, sample_cameras
 from threed.errors import UserError
 from threed.run import Run
@@ -78,8 +79,7 @@ def ratio_ranking(trainer: Trainer, step: int, views: int, bands: int, seed: int
                 for kind, objects in wrong_objects(shape, colour).items()}
     n = trainer.guidance.teacher.num_train_timesteps
     entry = {}
-    for band in range(bands):
-        low, high = band * n // bands, (band + 1) * n // bands
+    for low, high in band_edges(n, bands):
         t = torch.randint(low, high, (views,), generator=generator, device=generator.device)
         eps = torch.randn(true_x0.shape, generator=generator, device=generator.device)
         true_d = log_ratios(trainer, true_x0, cameras, t, eps, step)

@@ -29,6 +29,7 @@ import json
 import torch
 
 from guidance.distillation import ViewBatch
+from guidance.ratio_diagnostics import band_edges
 from threed.cameras import sample_cameras
 from threed.errors import UserError
 from threed.run import Run
@@ -72,8 +73,7 @@ def shape_pull(trainer: Trainer, step: int, views: int, bands: int, draws: int, 
     batch = ViewBatch(rendered.images, cameras.elevation_deg, cameras.azimuth_deg, cameras.c2w)
     n = teacher.num_train_timesteps
     entry = {}
-    for band in range(bands):
-        low, high = band * n // bands, (band + 1) * n // bands
+    for low, high in band_edges(n, bands):
         t = torch.randint(low, high, (views,), generator=generator, device=generator.device)
         prediction = sum(as_images(trainer.guidance.x0_predictions(batch, step, generator, t)[1])
                          for _ in range(draws)) / draws
