@@ -1,5 +1,6 @@
 """Field details, shading, backgrounds, regularisers, the resolution schedule, and a photometric fit."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from nerf.hashgrid import HashGridSpec
 from nerf.renderer import RenderOutput, RenderSpec, render_rays
 from nerf.shading import ShadingSpec, sample_shading_mode, shade
 from threed.cameras import CameraSpec, ResolutionStage, make_cameras, sample_cameras
-from threed.regularizers import RegularizerSpec, opacity_entropy, regularizer_losses, sparsity, z_variance
+from threed.regularizers import (RegularizerSpec, occupied_volume, opacity_entropy, regularizer_losses, sparsity,
+                                 z_variance)
 
 SMALL_GRID = HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=64)
 
@@ -95,6 +97,42 @@ def test_regularizers():
     losses = regularizer_losses(render, spec, step=5)
     assert set(losses) == {"sparsity", "opacity"}
     assert losses["sparsity"].item() == pytest.approx(1.0 * sparsity(render).item())
+
+
+def test_occupied_volume_is_the_mean_cauchy_penalty_over_the_fields_box():
+    from tests.test_nerf import SphereField  # density 20 inside radius 0.35 of the box [-1, 1]^3, 0 outside
+
+    volume = occupied_volume(SphereField(), torch.Generator().manual_seed(0), n_points=200_000)
+    ball_fraction = 4 / 3 * math.pi * 0.35**3 / 8
+    assert volume.item() == pytest.approx(ball_fraction * math.log1p(20.0**2), rel=0.03)
+
+
+def test_the_volume_penalty_lowers_density_no_render_reaches():
+    """The blob's centre lies behind its opaque surface from every side, so no render-based regulariser moves
+    it; the volume penalty, drawn by the generator it is given, lowers it."""
+    from threed.config import OptimSpec
+    from threed.nerf_representation import NeRFRepresentation
+
+    def representation(volume: float) -> NeRFRepresentation:
+        torch.manual_seed(0)
+        geometry = FieldSpec(radius=0.6, grid=HashGridSpec(n_levels=4, log2_hashmap_size=12, finest_resolution=32),
+                             hidden_dim=16, density_activation="trunc_exp", blob_density=20.0, blob_radius=0.34,
+                             blob_cap=5.0)
+        return NeRFRepresentation(geometry, BackgroundSpec(), RenderSpec(), RegularizerSpec(volume=Ramp(volume)),
+                                  OptimSpec())
+
+    no_render = SimpleNamespace(rays=None)  # no render-based regulariser is on
+    assert "volume" not in representation(0.0).regularizer_losses(no_render, 0, torch.Generator().manual_seed(0))
+    penalised = representation(1.0)
+    centre = torch.zeros(1, 3)
+    before = penalised.field.density(centre).item()
+    optimizer = torch.optim.Adam(penalised.field.parameters(), lr=0.05)
+    for step in range(5):
+        optimizer.zero_grad()
+        losses = penalised.regularizer_losses(no_render, step, torch.Generator().manual_seed(step))
+        losses["volume"].backward()
+        optimizer.step()
+    assert penalised.field.density(centre).item() < 0.5 * before
 
 
 def test_orientation_penalises_normals_facing_away_from_the_camera():

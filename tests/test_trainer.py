@@ -147,7 +147,7 @@ class FlatColour(Representation):
         images = torch.sigmoid(self.logit).expand(len(cameras), cameras.height, cameras.width, 3)
         return RenderedViews(images, torch.ones(images.shape[:3]))
 
-    def regularizer_losses(self, views, step):
+    def regularizer_losses(self, views, step, generator):
         return {}
 
     def parameter_groups(self):

@@ -145,7 +145,7 @@ class MeshRepresentation(Representation):
         images, coverage = (torch.stack(parts) for parts in zip(*views))
         return MeshViews(images, coverage, (points, faces), neighbours)
 
-    def regularizer_losses(self, views: MeshViews, step: int) -> dict[str, torch.Tensor]:
+    def regularizer_losses(self, views: MeshViews, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The surface's regularisers (none for a fixed surface)."""
         if not self.trains_geometry:
             return {}

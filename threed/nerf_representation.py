@@ -15,7 +15,7 @@ from nerf.shading import Lighting, sample_shading_mode
 from threed.cameras import CameraBatch
 from threed.config import OptimSpec
 from threed.export import ExportSpec, extract_mesh, query_field
-from threed.regularizers import RegularizerSpec, regularizer_losses
+from threed.regularizers import RegularizerSpec, occupied_volume, regularizer_losses
 from threed.representation import RenderedViews, Representation
 
 
@@ -50,8 +50,12 @@ class NeRFRepresentation(Representation):
         images = per_ray.as_images(len(cameras), cameras.height, cameras.width)
         return NeRFViews(images.rgb, images.opacity[..., 0], per_ray)
 
-    def regularizer_losses(self, views: NeRFViews, step: int) -> dict[str, torch.Tensor]:
-        return regularizer_losses(views.rays, self.regularizers, step)
+    def regularizer_losses(self, views: NeRFViews, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The render's regularisers, and the field's occupied volume at points ``generator`` draws."""
+        losses = regularizer_losses(views.rays, self.regularizers, step)
+        if (volume_weight := self.regularizers.volume.at(step)) > 0:
+            losses["volume"] = volume_weight * occupied_volume(self.field, generator)
+        return losses
 
     def parameter_groups(self) -> list[dict]:
         """The hash grid at ``optim.lr_encoding``; the field's and the background's networks at ``optim.lr_networks``."""

@@ -6,19 +6,24 @@ from dataclasses import dataclass, field
 import torch
 
 from guidance.schedules import Ramp
+from nerf.field import RadianceField
 from nerf.renderer import RenderOutput
+
+VOLUME_POINTS = 8192  # the points a step at which occupied_volume reads the field
 
 
 @dataclass
 class RegularizerSpec:
     """Weights (0 disables): sparsity (mean sqrt(opacity^2 + 0.01), fewer occupied pixels), opacity
     (binary entropy of the opacity: crisp silhouettes), orientation (normals facing away from the
-    camera; needs normals) and z_variance (spread of the weights along the ray, where opaque)."""
+    camera; needs normals), z_variance (spread of the weights along the ray, where opaque) and
+    volume (the field's occupied volume, ``occupied_volume``: density no view needs)."""
 
     sparsity: Ramp = field(default_factory=lambda: Ramp(0.0))
     opacity: Ramp = field(default_factory=lambda: Ramp(0.0))
     orientation: Ramp = field(default_factory=lambda: Ramp(0.0))
     z_variance: Ramp = field(default_factory=lambda: Ramp(0.0))
+    volume: Ramp = field(default_factory=lambda: Ramp(0.0))
 
     def needs_normals(self) -> bool:
         return self.orientation.start > 0 or (self.orientation.end or 0.0) > 0
@@ -40,6 +45,18 @@ def orientation(render: RenderOutput) -> torch.Tensor:
 def z_variance(render: RenderOutput) -> torch.Tensor:
     opaque = (render.opacity > 0.5).float()
     return (render.z_variance * opaque).sum() / opaque.sum().clamp_min(1.0)
+
+
+def occupied_volume(field: RadianceField, generator: torch.Generator, n_points: int = VOLUME_POINTS) -> torch.Tensor:
+    """Plenoxels' Cauchy sparsity: mean log(1 + density^2) at ``n_points`` points drawn uniformly in the
+    field's box. The render-based regularisers reach only what a view sees: behind an opaque surface of one
+    colour, removing density changes no pixel, so nothing asks for it, and a surface the teacher wants gone
+    (the torus's lid) is painted the background's colour rather than removed. This penalty lowers every
+    density that no view defends; what a view needs, the guidance keeps. On the exponential activation its
+    gradient on the raw density is about 2 wherever the density is well above 1, so it eats a constant amount
+    a step instead of stalling where the density is large."""
+    points = (torch.rand(n_points, 3, generator=generator, device=generator.device) * 2 - 1) * field.spec.radius
+    return torch.log1p(field.density(points) ** 2).mean()
 
 
 REGULARIZERS = {"sparsity": sparsity, "opacity": opacity_entropy, "orientation": orientation, "z_variance": z_variance}

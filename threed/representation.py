@@ -38,8 +38,9 @@ class Representation(nn.Module, ABC):
         shading mode unless ``shading`` fixes it)."""
 
     @abstractmethod
-    def regularizer_losses(self, views: RenderedViews, step: int) -> dict[str, torch.Tensor]:
-        """Named, weighted regulariser losses of a render from ``render`` at step ``step``."""
+    def regularizer_losses(self, views: RenderedViews, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Named, weighted regulariser losses of a render from ``render`` at step ``step`` (any random
+        points they read drawn by ``generator``)."""
 
     @abstractmethod
     def parameter_groups(self) -> list[dict]:

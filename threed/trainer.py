@@ -264,7 +264,8 @@ class Trainer:
             out = self.guidance(views, self.step, self.view_generator)
         self.ratio_monitor.add(out.ratio)
         with record_function("step.regularizers"):
-            generator_losses = {**out.generator_losses, **self.representation.regularizer_losses(rendered, self.step)}
+            regularizer_losses = self.representation.regularizer_losses(rendered, self.step, self.view_generator)
+            generator_losses = {**out.generator_losses, **regularizer_losses}
         scale_learning_rates(self.optimizer, self.base_lrs, self.config.optim.lr_scale.at(self.step))
         self._step(self.optimizer, generator_losses, [p for group in self.optimizer.param_groups for p in group["params"]],
                    self.loss_scalers["representation"], "step.representation")
