@@ -214,6 +214,14 @@ def test_a_paired_difference_gives_its_mean_error_median_and_wins():
     assert paired_difference([0.006, -0.002, -0.001], better=1).endswith("(1/3)")
 
 
+def test_one_value_has_no_standard_error_to_print():
+    from threed.paired_statistics import paired_difference, with_error
+
+    assert with_error(0.0206, float("nan")) == "0.0206"  # one prompt: no "± nan"
+    assert with_error(0.0206, 0.0011) == "0.0206 ± 0.0011"
+    assert paired_difference([0.0038], better=-1) == "+0.0038, median +0.0038 (0/1)"
+
+
 def test_quality_table_pairs_the_methods_on_the_same_prompts_and_seeds():
     from threed.tools.quality_table import markdown
 

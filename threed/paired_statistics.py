@@ -13,12 +13,17 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
     return float(values.mean()), float(error)
 
 
+def with_error(mean: float, error: float, sign: str = "") -> str:
+    """"0.0123 ± 0.0004", or "0.0123" alone where the error is undefined (one value); ``sign="+"`` signs the mean."""
+    text = f"{mean:{sign}.4f}"
+    return text if np.isnan(error) else f"{text} ± {error:.4f}"
+
+
 def paired_difference(differences: list[float], better: int) -> str:
     """Paired differences (a method's value minus the reference's on the same prompt and seed) as
     "mean ± standard error, median M (wins/pairs)", a win being a difference of sign ``better``."""
-    mean, error = mean_and_error(differences)
     wins = sum(better * d > 0 for d in differences)
-    return f"{mean:+.4f} ± {error:.4f}, median {float(np.median(differences)):+.4f} ({wins}/{len(differences)})"
+    return f"{with_error(*mean_and_error(differences), sign='+')}, median {float(np.median(differences)):+.4f} ({wins}/{len(differences)})"
 
 
 PAIRED = (("chamfer", "Chamfer", -1), ("iou", "IoU", 1), ("color_error", "colour error", -1))  # key, name, better sign
@@ -45,6 +50,6 @@ def paired_comparison(rows: list[dict], methods: list[str]) -> list[str]:
                 differences.append("")
                 continue
             differences.append(paired_difference([a - b for a, b in pairs], better))
-        lines.append(f"| {method} | {len(mine)} | " + " | ".join(f"{m:.4f} ± {e:.4f}" for m, e in means) + " | "
+        lines.append(f"| {method} | {len(mine)} | " + " | ".join(with_error(m, e) for m, e in means) + " | "
                      + " | ".join(differences) + " |")
     return lines

@@ -28,7 +28,7 @@ from threed.compare import diversity
 from threed.config import override
 from threed.errors import UserError
 from threed.export import load_mesh
-from threed.paired_statistics import mean_and_error, paired_comparison, paired_difference
+from threed.paired_statistics import mean_and_error, paired_comparison, paired_difference, with_error
 from threed.run import Run
 from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
@@ -128,11 +128,10 @@ def diversity_comparison(diversities: list[dict], methods: list[str]) -> list[st
              "", "| method | " + " | ".join(prompts) + f" | mean | − {reference} |", "|---|" + "---|" * (len(prompts) + 2)]
     for method in methods:
         mine = [of[(method, prompt)] for prompt in prompts]
-        mean, error = mean_and_error(mine)
         difference = ""
         if method != reference:
             difference = paired_difference([a - of[(reference, prompt)] for a, prompt in zip(mine, prompts)], better=1)
-        lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {mean:.4f} ± {error:.4f} | {difference} |")
+        lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {with_error(*mean_and_error(mine))} | {difference} |")
     return lines
 
 
