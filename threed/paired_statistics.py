@@ -22,8 +22,9 @@ def with_error(mean: float, error: float, sign: str = "") -> str:
 def paired_difference(differences: list[float], better: int) -> str:
     """Paired differences (a method's value minus the reference's on the same prompt and seed) as
     "mean ± standard error, median M (wins/pairs)", a win being a difference of sign ``better``."""
+    mean = with_error(*mean_and_error(differences), sign="+")
     wins = sum(better * d > 0 for d in differences)
-    return f"{with_error(*mean_and_error(differences), sign='+')}, median {float(np.median(differences)):+.4f} ({wins}/{len(differences)})"
+    return f"{mean}, median {float(np.median(differences)):+.4f} ({wins}/{len(differences)})"
 
 
 PAIRED = (("chamfer", "Chamfer", -1), ("iou", "IoU", 1), ("color_error", "colour error", -1))  # key, name, better sign

@@ -131,7 +131,8 @@ def diversity_comparison(diversities: list[dict], methods: list[str]) -> list[st
         difference = ""
         if method != reference:
             difference = paired_difference([a - of[(reference, prompt)] for a, prompt in zip(mine, prompts)], better=1)
-        lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {with_error(*mean_and_error(mine))} | {difference} |")
+        mean = with_error(*mean_and_error(mine))
+        lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {mean} | {difference} |")
     return lines
 
 
