@@ -215,10 +215,10 @@ def test_a_paired_difference_gives_its_mean_error_median_and_wins():
 
 
 def test_one_value_has_no_standard_error_to_print():
-    from threed.paired_statistics import paired_difference, with_error
+    from threed.paired_statistics import mean_with_error, paired_difference
 
-    assert with_error(0.0206, float("nan")) == "0.0206"  # one prompt: no "± nan"
-    assert with_error(0.0206, 0.0011) == "0.0206 ± 0.0011"
+    assert mean_with_error([0.0206]) == "0.0206"  # one prompt: no "± nan"
+    assert mean_with_error([0.0195, 0.0217]) == "0.0206 ± 0.0011"
     assert paired_difference([0.0038], better=-1) == "+0.0038, median +0.0038 (0/1)"
 
 

@@ -6,23 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def mean_and_error(values: list[float]) -> tuple[float, float]:
-    """The mean and its standard error (the sample standard deviation over sqrt(n); nan for one value)."""
+def mean_with_error(values: list[float], sign: str = "") -> str:
+    """The mean and its standard error (the sample standard deviation over sqrt(n)) as "0.0123 ± 0.0004", or
+    the mean alone for one value; ``sign="+"`` signs the mean."""
     values = np.asarray(values, dtype=np.float64)
-    error = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return float(values.mean()), float(error)
-
-
-def with_error(mean: float, error: float, sign: str = "") -> str:
-    """"0.0123 ± 0.0004", or "0.0123" alone where the error is undefined (one value); ``sign="+"`` signs the mean."""
-    text = f"{mean:{sign}.4f}"
-    return text if np.isnan(error) else f"{text} ± {error:.4f}"
+    mean = f"{values.mean():{sign}.4f}"
+    return f"{mean} ± {values.std(ddof=1) / np.sqrt(len(values)):.4f}" if len(values) > 1 else mean
 
 
 def paired_difference(differences: list[float], better: int) -> str:
     """Paired differences (a method's value minus the reference's on the same prompt and seed) as
     "mean ± standard error, median M (wins/pairs)", a win being a difference of sign ``better``."""
-    mean = with_error(*mean_and_error(differences), sign="+")
+    mean = mean_with_error(differences, sign="+")
     wins = sum(better * d > 0 for d in differences)
     return f"{mean}, median {float(np.median(differences)):+.4f} ({wins}/{len(differences)})"
 
@@ -42,7 +37,7 @@ def paired_comparison(rows: list[dict], methods: list[str]) -> list[str]:
              "|---|---|" + "---|" * (3 + len(PAIRED))]
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        means = [mean_and_error([r[key] for r in mine]) for key, _, _ in PAIRED]
+        means = [mean_with_error([r[key] for r in mine]) for key, _, _ in PAIRED]
         differences = []
         for key, _, better in PAIRED:
             pairs = [(r[key], by_run[(reference, r["prompt"], r["seed"])][key]) for r in mine
@@ -51,6 +46,6 @@ def paired_comparison(rows: list[dict], methods: list[str]) -> list[str]:
                 differences.append("")
                 continue
             differences.append(paired_difference([a - b for a, b in pairs], better))
-        lines.append(f"| {method} | {len(mine)} | " + " | ".join(with_error(m, e) for m, e in means) + " | "
+        lines.append(f"| {method} | {len(mine)} | " + " | ".join(means) + " | "
                      + " | ".join(differences) + " |")
     return lines

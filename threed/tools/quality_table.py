@@ -28,7 +28,7 @@ from threed.compare import diversity
 from threed.config import override
 from threed.errors import UserError
 from threed.export import load_mesh
-from threed.paired_statistics import mean_and_error, paired_comparison, paired_difference, with_error
+from threed.paired_statistics import mean_with_error, paired_comparison, paired_difference
 from threed.run import Run
 from threed.runner import CellRunner
 from threed.shapeworld.canon import SHOWCASE_PROMPTS, parse_prompt
@@ -131,8 +131,7 @@ def diversity_comparison(diversities: list[dict], methods: list[str]) -> list[st
         difference = ""
         if method != reference:
             difference = paired_difference([a - of[(reference, prompt)] for a, prompt in zip(mine, prompts)], better=1)
-        mean = with_error(*mean_and_error(mine))
-        lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {mean} | {difference} |")
+        lines.append(f"| {method} | " + " | ".join(f"{d:.4f}" for d in mine) + f" | {mean_with_error(mine)} | {difference} |")
     return lines
 
 
